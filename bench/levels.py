@@ -1,0 +1,107 @@
+"""Forward latency of every (task, level) at batch 1 and 32 next to its FLOP ratio to the
+top level. Goal: at batch 32, each level's speed-up over the top level is at least half its
+FLOP ratio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench._common import machine_line, median_seconds, write_report
+from model_store.checkpoint import load
+
+
+def run_levels(
+    checkpoint: str | Path | None, out: str | Path, *, repeats: int = 30, device: str = "auto"
+) -> Path:
+    """Measure, write ``levels.json``, ``levels.md`` and ``levels.png``; return the .md."""
+    from server.settings import demo_checkpoint
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+    if device not in ("auto",):
+        dev = torch.device(device)
+    ckpt = load(checkpoint or demo_checkpoint(), dev)
+    model = ckpt.model
+    rows: list[dict[str, Any]] = []
+    for t, task in enumerate(ckpt.manifest.tasks):
+        shape = model.config.tasks[t].input_shape
+        top = task.levels[-1]
+        times: dict[int, dict[int, float]] = {}
+        for lv in task.levels:
+            times[lv.level] = {}
+            for batch in (1, 32):
+                x = torch.randn(batch, *shape, device=dev)
+
+                def forward(x: torch.Tensor = x, level: int = lv.level, t: int = t) -> None:
+                    with torch.inference_mode():
+                        model(x, t, level)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+
+                times[lv.level][batch] = median_seconds(forward, repeats)
+        for lv in task.levels:
+            flop_ratio = top.flops / lv.flops
+            speedup_32 = times[top.level][32] / times[lv.level][32]
+            rows.append(
+                {
+                    "task": task.name,
+                    "level": lv.level,
+                    "flops": lv.flops,
+                    "flop_ratio": round(flop_ratio, 2),
+                    "ms_batch1": round(times[lv.level][1] * 1e3, 4),
+                    "ms_batch32": round(times[lv.level][32] * 1e3, 4),
+                    "speedup_batch1": round(times[top.level][1] / times[lv.level][1], 2),
+                    "speedup_batch32": round(speedup_32, 2),
+                    "goal_met": speedup_32 >= 0.5 * flop_ratio,
+                }
+            )
+    md = write_report(out, "levels", {"device": str(dev), "rows": rows}, _markdown(rows, str(dev)))
+    _plot(rows, Path(out) / "levels.png")
+    return md
+
+
+def _markdown(rows: list[dict[str, Any]], device: str) -> str:
+    lines = [
+        "## Levels: forward time vs FLOPs",
+        "",
+        f"{machine_line()} Device: {device}. Median of repeated forwards, one process.",
+        "Goal: speed-up over the top level at batch 32 ≥ half the FLOP ratio.",
+        "",
+        "| task | level | MFLOPs | FLOP ratio | ms @1 | ms @32 | speed-up @1 | speed-up @32 | goal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['level']} | {r['flops'] / 1e6:.2f} | {r['flop_ratio']:.2f} | "
+            f"{r['ms_batch1']:.3f} | {r['ms_batch32']:.3f} | {r['speedup_batch1']:.2f} | "
+            f"{r['speedup_batch32']:.2f} | {'met' if r['goal_met'] else 'NOT met'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        ax.plot(
+            [r["flop_ratio"] for r in mine], [r["speedup_batch32"] for r in mine], "o-", label=task
+        )
+    top = max(r["flop_ratio"] for r in rows)
+    ax.plot([1, top], [1, top], "k:", label="speed-up = FLOP ratio")
+    ax.plot([1, top], [0.5, top / 2], "r--", label="goal: half the FLOP ratio")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FLOP ratio to the top level")
+    ax.set_ylabel("speed-up over the top level (batch 32)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,5 @@
+import sys
+
+from dvn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,263 @@
+"""Saving and loading DVN checkpoints: ``weights.safetensors`` + ``manifest.json``.
+
+Loading never unpickles. It verifies the format version, the weights' sha256, that the
+tensors match the architecture, and that the manifest's costs match the model's; every
+failure is a :class:`CheckpointError` saying what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model_store.arch import Backbone, DVNConfig
+from model_store.costs import LevelCost, level_costs, level_params
+from model_store.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    Accuracy,
+    Architecture,
+    LevelEntry,
+    Manifest,
+    TaskEntry,
+)
+from model_store.model import DVN
+from model_store.tasks import TaskSpec
+
+WEIGHTS = "weights.safetensors"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode) and its manifest."""
+
+    model: DVN
+    manifest: Manifest
+    path: Path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_manifest(
+    model: DVN,
+    *,
+    name: str,
+    version: str,
+    weights_sha256: str,
+    accuracy: dict[tuple[str, int], Accuracy] | None = None,
+    training: dict[str, Any] | None = None,
+    costs: list[LevelCost] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """The manifest of ``model``, with costs computed from its shapes."""
+    cfg = model.config
+    costs = costs if costs is not None else level_costs(model)
+    accuracy = accuracy or {}
+    tasks = []
+    for t, spec in enumerate(cfg.tasks):
+        levels = [
+            LevelEntry(**c.to_dict(), accuracy=accuracy.get((spec.name, c.level)))
+            for c in costs
+            if c.task == spec.name
+        ]
+        tasks.append(
+            TaskEntry(**spec.to_dict(), unit_order=list(cfg.unit_orders[t]), levels=levels)
+        )
+    return Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        name=name,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        architecture=Architecture(**cfg.to_dict()),
+        num_units=cfg.num_units,
+        tasks=tasks,
+        training=training,
+        weights_sha256=weights_sha256,
+        **(extra or {}),
+    )
+
+
+def save(
+    model: DVN,
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str,
+    version: str = "1.0.0",
+    accuracy: dict[tuple[str, int], Accuracy] | None = None,
+    training: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Write ``model`` as a checkpoint directory (created if missing, files replaced
+    atomically) and return its manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, model.config.dtype)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        weights_tmp = Path(tmp) / WEIGHTS
+        save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+        manifest = build_manifest(
+            model,
+            name=name,
+            version=version,
+            weights_sha256=sha256_file(weights_tmp),
+            accuracy=accuracy,
+            training=training,
+            extra=extra,
+        )
+        manifest_tmp = Path(tmp) / MANIFEST
+        manifest_tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+        os.replace(weights_tmp, out / WEIGHTS)
+        os.replace(manifest_tmp, out / MANIFEST)
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate ``manifest.json`` of a checkpoint directory (weights untouched).
+
+    Raises:
+        CheckpointError: missing, not JSON, another format, a newer version, bad fields.
+    """
+    root = Path(path)
+    file = root / MANIFEST
+    if not root.is_dir():
+        raise CheckpointError(
+            f"checkpoint directory {root} does not exist; pass a directory holding "
+            f"{MANIFEST} and {WEIGHTS} (e.g. model_store/checkpoints/demo)"
+        )
+    if not file.is_file():
+        raise CheckpointError(
+            f"{file} is missing: {root} is not a DVN checkpoint; create one with "
+            "`dvn train` or `dvn export`"
+        )
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{file} is not valid JSON ({e}); the file is damaged: re-copy the checkpoint"
+        ) from e
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(
+            f"{file} has format {got!r}, expected {FORMAT!r}: not a DVN checkpoint"
+        )
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{file} has no valid format_version (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} has format_version {version}, newer than this dvn-serve reads "
+            f"(up to {FORMAT_VERSION}); upgrade dvn-serve to load it"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
+        )
+        raise CheckpointError(f"{file} does not match the checkpoint schema: {problems}") from e
+
+
+def config_from_manifest(manifest: Manifest) -> DVNConfig:
+    """Rebuild the architecture a manifest describes."""
+    try:
+        backbone = Backbone.from_dict(manifest.architecture.backbone)
+        tasks = tuple(
+            TaskSpec.from_dict(
+                t.model_dump(include={"name", "classes", "input_shape", "preprocessing"})
+            )
+            for t in manifest.tasks
+        )
+        return DVNConfig(
+            backbone=backbone,
+            tasks=tasks,
+            unit_orders=tuple(tuple(t.unit_order) for t in manifest.tasks),
+            arch_name=manifest.architecture.name,
+            dtype=manifest.architecture.dtype,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"manifest describes an invalid architecture: {e}") from e
+
+
+def _check_shapes(model: DVN, tensors: dict[str, torch.Tensor], weights: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [
+        f"{k} is {tuple(tensors[k].shape)} but the architecture needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (first: {wrong[0]})")
+    if problems:
+        raise CheckpointError(
+            f"{weights} does not match the manifest's architecture: {'; '.join(problems)}; "
+            "the manifest and weights come from different models: re-export the checkpoint"
+        )
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
+    """Load and verify a checkpoint; the model is returned in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: see the module docstring.
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    weights = root / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing; re-copy the checkpoint directory")
+    digest = sha256_file(weights)
+    if digest != manifest.weights_sha256:
+        raise CheckpointError(
+            f"{weights} has sha256 {digest[:12]}…, but the manifest expects "
+            f"{manifest.weights_sha256[:12]}…: the file was modified or truncated; "
+            "re-copy the checkpoint from its source"
+        )
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({e})") from e
+    config = config_from_manifest(manifest)
+    model = DVN(config)
+    _check_shapes(model, tensors, weights)
+    model.load_state_dict(tensors, strict=True)
+    for t, entry in enumerate(manifest.tasks):
+        for lv in entry.levels:
+            actual = level_params(model, t, lv.level)
+            if actual != lv.params:
+                raise CheckpointError(
+                    f"manifest says task {entry.name!r} level {lv.level} has {lv.params} "
+                    f"params but the weights give {actual}; the manifest was edited: re-export"
+                )
+    model.to(device).eval()
+    return Checkpoint(model=model, manifest=manifest, path=root)

@@ -1,0 +1,199 @@
+"""Training a DVN the paper's way: minimise the summed cross-entropy of every level of every
+task (DVN.md), SGD with Nesterov momentum, weight decay, warm-up then cosine learning rate,
+a fixed seed, a progress bar; then evaluate every (task, level) and write the checkpoint."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from model_store.arch import DVNConfig, get_architecture
+from model_store.checkpoint import save
+from model_store.data import BUILTIN_TASKS, TaskData, builtin_task, load_task
+from model_store.evaluate import evaluate
+from model_store.manifest import Manifest
+from model_store.model import DVN
+from model_store.presets import TrainConfig
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_tasks(config: TrainConfig) -> list[TaskData]:
+    """Load every task the config names (builtin names or paths under ``data_dir``)."""
+    found = []
+    for source in config.tasks:
+        if source == "digits":  # a fixed data set: n_train/n_test size the generated ones
+            found.append(builtin_task(source, seed=config.seed))
+        elif source in BUILTIN_TASKS:
+            found.append(
+                builtin_task(source, seed=config.seed, n_train=config.n_train, n_test=config.n_test)
+            )
+        else:
+            path = Path(source).expanduser()
+            if not path.is_absolute():
+                path = Path(config.data_dir).expanduser() / path
+            found.append(load_task(str(path), seed=config.seed))
+    return found
+
+
+def augment(x: Tensor, mode: str, generator: torch.Generator) -> Tensor:
+    """Random per-example shifts of up to 1/8 of the side (zero padded), plus horizontal
+    flips for ``shift-flip``."""
+    if mode == "none":
+        return x
+    b, c, h, w = x.shape  # (B, C, H, W)
+    pad = max(1, min(h, w) // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    out = padded[bi, ci, rows, cols]
+    if mode == "shift-flip":
+        flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def _batches(
+    data: TaskData, batch_size: int, device: torch.device, rng: np.random.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless shuffled batches of one task's training split, reshuffled every pass."""
+    x = torch.from_numpy(data.x_train).to(device)
+    y = torch.from_numpy(data.y_train).to(device)
+    n = len(y)
+    while True:
+        order = torch.from_numpy(rng.permutation(n)).to(device)
+        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            idx = order[i : i + batch_size]
+            yield x[idx], y[idx]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    manifest: Manifest
+    path: Path
+    seconds: float
+
+
+def fit(
+    model: DVN,
+    tasks: Sequence[TaskData],
+    config: TrainConfig,
+    device: torch.device,
+    levels: Sequence[int] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> None:
+    """Train ``model`` in place on the summed loss of ``levels`` (all by default) of every
+    task."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    levels = list(levels or range(1, model.config.num_levels + 1))
+    model.to(device).train()
+    streams = [_batches(d, config.batch_size, device, rng) for d in tasks]
+    steps_per_epoch = max(math.ceil(len(d.y_train) / config.batch_size) for d in tasks)
+    total = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for _name, p in model.named_parameters():
+        (no_decay if p.dim() == 1 else decay).append(p)  # no weight decay on norms and biases
+    opt = torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
+    )
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    running = None
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    for step in range(total):
+        loss = torch.zeros((), device=device)
+        for t, stream in enumerate(streams):
+            xb, yb = next(stream)
+            xb = augment(xb, config.augment, gen)
+            for level in levels:
+                loss = loss + F.cross_entropy(model(xb, t, level), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        sched.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"training diverged at step {step} (loss {value}); lower the learning rate "
+                f"(now {config.lr})"
+            )
+        running = value if running is None else 0.95 * running + 0.05 * value
+        bar.set_postfix(
+            loss=f"{running:.3f}", epoch=f"{step // steps_per_epoch + 1}/{config.epochs}"
+        )
+        bar.update()
+    bar.close()
+    model.eval()
+
+
+def train(
+    config: TrainConfig, out_dir: str | Path, device: str = "auto", progress: bool = True
+) -> TrainResult:
+    """Train the DVN a config describes and write its checkpoint to ``out_dir``."""
+    started = time.perf_counter()
+    dev = pick_device(device)
+    tasks = load_tasks(config)
+    dvn_config = DVNConfig.create(
+        get_architecture(config.architecture),
+        [d.spec for d in tasks],
+        unit_orders=config.unit_orders,
+        arch_name=config.architecture,
+    )
+    torch.manual_seed(config.seed)
+    model = DVN(dvn_config)
+    fit(model, tasks, config, dev, progress=progress)
+    accuracy = evaluate(model, tasks, dev)
+    seconds = time.perf_counter() - started
+    training = {
+        "config": config.model_dump(mode="json"),
+        "data": {d.spec.name: d.to_dict() for d in tasks},
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "device": str(dev),
+        "duration_s": round(seconds, 1),
+        "objective": "sum over tasks and levels of cross-entropy (DVN.md)",
+    }
+    model.cpu()
+    manifest = save(
+        model,
+        out_dir,
+        name=config.name,
+        version=config.version,
+        accuracy=accuracy,
+        training=training,
+    )
+    return TrainResult(manifest=manifest, path=Path(out_dir), seconds=seconds)

@@ -1,0 +1,261 @@
+"""Per-level queues and the batcher (Ray Serve's pattern: one future per request, a batch
+closed by size or delay, outputs checked against inputs, a failed batch failing only its
+own futures).
+
+One queue per (task, level); one scheduler loop feeds the single executor, serving the
+queue whose head has waited longest. A batch closes at ``max_batch_size`` examples, at
+``max_batch_delay`` after its head arrived, or at once when no other request is on its
+way in (waiting then would only add latency). At dequeue every request with a latency
+deadline is re-checked: one that its level can no longer answer in time moves to the
+largest smaller level that can (``on_miss=degrade``; level 1 when none can) or fails with
+504 (``on_miss=reject``); a request whose client went away is dropped uncomputed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.errors import DeadlineExceeded, InferenceFailed, ServeError
+from server.executor import Executor
+from server.profile import LatencyProfile, LevelKey
+from server.selection import OnMiss, Reason
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one request gets back from its batch."""
+
+    probabilities: np.ndarray  # (examples, classes)
+    level: int
+    reason: Reason
+    queue_wait_s: float
+    compute_s: float
+    batch_examples: int
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request waiting in a level queue."""
+
+    task: str
+    task_index: int
+    level: int
+    reason: Reason
+    inputs: np.ndarray  # (B, C, H, W) float32
+    deadline: float | None  # perf_counter time, None without a latency budget
+    on_miss: OnMiss
+    future: asyncio.Future[BatchResult]
+    enqueued: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False  # the client went away
+
+    @property
+    def examples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def key(self) -> LevelKey:
+        return (self.task, self.level)
+
+
+@dataclass
+class BatchEvent:
+    """Facts about one finished forward, for metrics and the profile."""
+
+    task: str
+    level: int
+    examples: int
+    seconds: float
+    failed: bool
+
+
+class Batcher:
+    def __init__(
+        self,
+        executor: Executor,
+        profile: LatencyProfile,
+        *,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        arriving: Callable[[], int],
+        on_batch: Callable[[BatchEvent], None],
+    ) -> None:
+        self.executor = executor
+        self.profile = profile
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_s = max_batch_delay_s
+        self._arriving = arriving  # requests admitted but not yet queued
+        self._on_batch = on_batch
+        self.queues: dict[LevelKey, deque[Pending]] = {}
+        self.queued_examples: dict[LevelKey, int] = {}
+        self.busy_until = 0.0  # predicted end of the forward running now
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- queue state ------------------------------------------------------------------
+    def depth(self, key: LevelKey) -> int:
+        return len(self.queues.get(key, ()))
+
+    def busy_remaining_s(self) -> float:
+        return max(0.0, self.busy_until - time.perf_counter())
+
+    def total_queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def put(self, pending: Pending, front: bool = False) -> None:
+        queue = self.queues.setdefault(pending.key, deque())
+        if front:
+            queue.appendleft(pending)
+        else:
+            queue.append(pending)
+        self.queued_examples[pending.key] = (
+            self.queued_examples.get(pending.key, 0) + pending.examples
+        )
+        self._wake.set()
+
+    def _pop(self, key: LevelKey) -> Pending:
+        pending = self.queues[key].popleft()
+        self.queued_examples[key] -= pending.examples
+        return pending
+
+    # -- the loop -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dvn-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _oldest(self) -> LevelKey | None:
+        heads = [(q[0].enqueued, k) for k, q in self.queues.items() if q]
+        return min(heads)[1] if heads else None
+
+    async def _run(self) -> None:
+        while True:
+            key = self._oldest()
+            if key is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._fill(key)
+            batch = self._take(key)
+            if batch:
+                await self._execute(key, batch)
+
+    async def _fill(self, key: LevelKey) -> None:
+        """Wait, at most until the head's delay runs out, while the batch is not full and
+        more requests are on their way in."""
+        head = self.queues[key][0]
+        close_at = head.enqueued + self.max_batch_delay_s
+        while self.queued_examples[key] < self.max_batch_size and self._arriving() > 0:
+            remaining = close_at - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self, key: LevelKey) -> list[Pending]:
+        """Pop up to ``max_batch_size`` examples of whole requests, triaging each."""
+        queue = self.queues[key]
+        batch: list[Pending] = []
+        size = 0
+        now = time.perf_counter()
+        while queue:
+            head = queue[0]
+            if batch and size + head.examples > self.max_batch_size:
+                break
+            pending = self._pop(key)
+            if pending.abandoned or pending.future.done():
+                continue
+            if self._triage(pending, size + pending.examples, now):
+                batch.append(pending)
+                size += pending.examples
+        return batch
+
+    def _triage(self, pending: Pending, batch_examples: int, now: float) -> bool:
+        """Keep ``pending`` in this batch if its deadline allows; otherwise move or fail it."""
+        if pending.deadline is None:
+            return True
+        expected = self.profile.forward_s(pending.key, batch_examples)
+        if now + expected <= pending.deadline:
+            return True
+        if pending.on_miss == "reject" or pending.reason == "pinned":
+            if pending.on_miss == "reject":
+                late = (now - pending.deadline) * 1e3
+                when = f"{late:.1f} ms ago" if late > 0 else "before it could be computed"
+                pending.future.set_exception(
+                    DeadlineExceeded(
+                        f"the latency budget of this task {pending.task!r} request ran out "
+                        f"{when} while it was queued; not computed (on_miss=reject)"
+                    )
+                )
+                return False
+            return True  # pinned with degrade: serve the pinned level, reported missed
+        if pending.level == 1:
+            return True  # degrade: nothing smaller to move to; serve it, reported missed
+        target = 1
+        for level in range(pending.level - 1, 0, -1):
+            if (
+                now + self.profile.forward_s((pending.task, level), pending.examples)
+                <= pending.deadline
+            ):
+                target = level
+                break
+        pending.level, pending.reason = target, "degraded"
+        self.put(pending, front=True)
+        return False
+
+    async def _execute(self, key: LevelKey, batch: list[Pending]) -> None:
+        task, level = key
+        inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
+        n = int(inputs.shape[0])
+        started = time.perf_counter()
+        self.busy_until = started + self.profile.forward_s(key, n)
+        try:
+            probs, seconds = await self.executor.run(batch[0].task_index, level, inputs)
+            if probs.shape[0] != n:
+                raise RuntimeError(f"forward returned {probs.shape[0]} rows for {n} examples")
+        except Exception as e:  # a failing batch fails only its own requests
+            self.busy_until = 0.0
+            self._on_batch(BatchEvent(task, level, n, time.perf_counter() - started, failed=True))
+            error = (
+                e
+                if isinstance(e, ServeError)
+                else InferenceFailed(
+                    f"the batch of {n} examples this request was in failed at task {task!r} level "
+                    f"{level} ({type(e).__name__}: {e}); other batches are unaffected, retry it"
+                )
+            )
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(error)
+            return
+        self.busy_until = 0.0
+        self.profile.record(key, n, seconds)
+        self._on_batch(BatchEvent(task, level, n, seconds, failed=False))
+        offset = 0
+        for p in batch:
+            rows = probs[offset : offset + p.examples]
+            offset += p.examples
+            if not p.future.done():
+                p.future.set_result(
+                    BatchResult(
+                        probabilities=rows,
+                        level=level,
+                        reason=p.reason,
+                        queue_wait_s=started - p.enqueued,
+                        compute_s=seconds,
+                        batch_examples=n,
+                    )
+                )

@@ -1,0 +1,90 @@
+"""``dvn serve``: load the checkpoint (refusing a bad one before binding the port), then run
+uvicorn with a graceful drain on SIGTERM/SIGINT: readiness goes 503, new requests get 503,
+accepted ones are answered, then the process exits 0 (a second signal exits at once)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+EXAMPLES = """examples:
+  dvn serve                                   # the shipped demo checkpoint on 127.0.0.1:8000
+  dvn serve --checkpoint runs/mine --host 0.0.0.0 --port 8080
+  DVN_MAX_BATCH_SIZE=64 DVN_API_KEYS=secret1,secret2 dvn serve --device cuda
+
+Every setting is also an environment variable with the DVN_ prefix (docs/configuration.md).
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a DVN checkpoint over HTTP",
+        description="Serve every task of a DVN checkpoint at the level each request's budget allows.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--max-batch-size", type=int, help="examples per forward (default 32)")
+    p.add_argument(
+        "--max-batch-delay-ms", type=float, help="longest wait to fill a batch (default 2)"
+    )
+    p.add_argument("--max-queue-size", type=int, help="requests per level queue (default 256)")
+    p.add_argument("--drain-timeout-s", type=float, help="longest drain on SIGTERM (default 30)")
+    p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from model_store.checkpoint import load
+    from server.app import create_app
+    from server.logs import SERVER, configure_logging
+    from server.runtime import pick_device
+    from server.serving import DrainingServer
+    from server.settings import load_settings
+
+    settings = load_settings(
+        checkpoint=args.checkpoint,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        max_queue_size=args.max_queue_size,
+        drain_timeout_s=args.drain_timeout_s,
+        log_json=args.log_json,
+        log_level=args.log_level,
+    )
+    configure_logging(settings.log_level, settings.log_json)
+    device = pick_device(settings.device)
+    checkpoint = load(settings.checkpoint, device)  # CheckpointError: message, exit 1
+    SERVER.info(
+        "loaded checkpoint",
+        extra={
+            "fields": {
+                "path": str(settings.checkpoint),
+                "name": checkpoint.manifest.name,
+                "sha256": checkpoint.manifest.weights_sha256[:12],
+                "device": str(device),
+            }
+        },
+    )
+    app = create_app(settings, checkpoint=checkpoint)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # dvn.access logs one line per request instead
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+    )
+    server = DrainingServer(config, app.state.runtime)
+    server.run()
+    return 0 if server.started else 1

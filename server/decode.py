@@ -1,0 +1,180 @@
+"""Request bodies to model-space arrays: JSON, ``.npy`` and PNG/JPEG, each checked against
+the task's input shape. Every failure is an :class:`InvalidInput` (or 413/415) that says
+what was wrong and what the task takes."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from model_store.tasks import TaskSpec
+from server.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES = ("application/json",)
+NPY_TYPES = ("application/x-npy", "application/npy")
+IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
+ACCEPTED = "application/json, application/x-npy, image/png or image/jpeg"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A decoded request: ``array`` is (B, C, H, W) float32; ``batched`` says whether the
+    client sent a batch (a single example is answered as a batch of one either way)."""
+
+    array: np.ndarray
+    batched: bool
+
+    @property
+    def examples(self) -> int:
+        return int(self.array.shape[0])
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def decode(
+    body: bytes,
+    content_type: str | None,
+    spec: TaskSpec,
+    *,
+    max_examples: int,
+    max_image_pixels: int,
+) -> Inputs:
+    """Decode and check a body for ``spec``.
+
+    Raises:
+        InvalidInput, UnsupportedMediaType, PayloadTooLarge.
+    """
+    kind = media_type(content_type)
+    if kind in JSON_TYPES:
+        array = _from_json(body)
+    elif kind in NPY_TYPES:
+        array = _from_npy(body)
+    elif kind in IMAGE_TYPES:
+        array = _from_image(body, IMAGE_TYPES[kind], spec, max_image_pixels)
+    else:
+        raise UnsupportedMediaType(
+            f"content type {kind or '(none)'!r} is not accepted; send {ACCEPTED}"
+        )
+    return check_array(array, spec, max_examples=max_examples)
+
+
+def _from_json(body: bytes) -> np.ndarray:
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f'body is not valid JSON ({e}); send {{"inputs": [...]}}') from e
+    if not isinstance(doc, dict) or "inputs" not in doc:
+        raise InvalidInput('JSON body must be an object with an "inputs" field: {"inputs": [...]}')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            array = np.asarray(doc["inputs"], dtype=np.float64)
+    except (ValueError, TypeError) as e:
+        raise InvalidInput(
+            '"inputs" must be a number array (nested lists of equal length, numbers only); '
+            f"it is ragged or holds non-numbers ({e})"
+        ) from e
+    return array
+
+
+def _from_npy(body: bytes) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "pickle" in str(e).lower():
+            raise InvalidInput(
+                ".npy body holds Python objects, which would need unpickling: refused; "
+                "send a numeric array (np.save of a float32 array)"
+            ) from e
+        raise InvalidInput(f"body is not a valid .npy array ({e})") from e
+    except (OSError, EOFError) as e:
+        raise InvalidInput(f"body is not a valid .npy array ({e})") from e
+    if not isinstance(array, np.ndarray):
+        raise InvalidInput("body is an .npz archive, not one .npy array; send np.save output")
+    if array.dtype.kind != "f":
+        raise InvalidInput(
+            f".npy dtype {array.dtype} is not accepted: send float32 (or float16/float64) "
+            "model-space values; for raw pixels send a PNG or JPEG image"
+        )
+    return array
+
+
+def _from_image(body: bytes, fmt: str, spec: TaskSpec, max_pixels: int) -> np.ndarray:
+    prep = spec.preprocessing
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(body))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(
+                    f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                    f"{max_pixels}; the task takes {prep.size[1]}x{prep.size[0]}: resize it first"
+                )
+            if image.format != fmt:
+                raise InvalidInput(
+                    f"body is a {image.format} image but the content type says {fmt}; "
+                    "send the matching Content-Type"
+                )
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PayloadTooLarge(f"image refused as a decompression bomb ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InvalidInput(f"body is not a readable {fmt} image ({e})") from e
+    converted = image.convert(prep.color_mode).resize(
+        (prep.size[1], prep.size[0]), Image.Resampling.BILINEAR
+    )
+    pixels = np.asarray(converted, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    mean = np.asarray(prep.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(prep.std, dtype=np.float32)[:, None, None]
+    return (pixels - mean) / std  # (C, H, W)
+
+
+def check_array(array: np.ndarray, spec: TaskSpec, *, max_examples: int) -> Inputs:
+    """Check shape, size and values of a model-space array; returns (B, C, H, W) float32.
+
+    Raises:
+        InvalidInput: naming the shape the task takes and what was sent.
+    """
+    shape = spec.input_shape
+    got = tuple(int(d) for d in array.shape)
+    batched: bool
+    if got == shape:
+        batched, array = False, array[None]
+    elif len(got) == 4 and got[1:] == shape:
+        batched = True
+    elif shape[0] == 1 and got == shape[1:]:
+        batched, array = False, array[None, None]
+    elif shape[0] == 1 and len(got) == 3 and got[1:] == shape[1:]:
+        batched, array = True, array[:, None]
+    else:
+        dims = ", ".join(map(str, shape))
+        raise InvalidInput(
+            f"task {spec.name!r} takes one example of shape ({dims}) or a batch (B, {dims}); "
+            f"got shape {got}"
+        )
+    n = int(array.shape[0])
+    if n == 0:
+        raise InvalidInput("the batch is empty; send at least one example")
+    if n > max_examples:
+        raise InvalidInput(
+            f"batch of {n} examples is over the limit of {max_examples} per request; "
+            "split it into smaller requests"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():
+        where = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise InvalidInput(
+            f"inputs contain NaN or Inf (first at index {where}, after float32 conversion); "
+            "send finite values"
+        )
+    return Inputs(array=array, batched=batched)

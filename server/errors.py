@@ -1,0 +1,133 @@
+"""Every error the server answers with, one JSON shape for all:
+``{"error": {"type": ..., "message": ...}}``.
+
+Hierarchy (status in brackets)::
+
+    ServeError
+    ├── InvalidInput [400]            body undecodable, wrong shape/dtype, NaN, empty, too big a batch
+    ├── Unauthorized [401]            API keys on, none given
+    ├── Forbidden [403]               wrong API key
+    ├── UnknownTask [404]
+    ├── NotFound [404]                no such route
+    ├── MethodNotAllowed [405]
+    ├── PayloadTooLarge [413]
+    ├── UnsupportedMediaType [415]
+    ├── InvalidBudget [422]           budget grammar
+    ├── BudgetUnsatisfiable [422]     memory budget below the smallest level
+    ├── InvalidParameter [422]        level, on_miss, top_k
+    ├── QueueFull [429]               with Retry-After
+    ├── InferenceFailed [500]         the batch failed; only its requests
+    ├── DeadlineUnmeetable [503]      latency budget no level meets, on_miss=reject; Retry-After
+    ├── NotReady [503]                warming up or draining; Retry-After
+    └── DeadlineExceeded [504]        deadline passed in the queue, on_miss=reject
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+
+class ServeError(Exception):
+    """Base: a status, a machine-readable type and a message that says how to fix it."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, dict[str, str]]:
+        return {"error": {"type": self.type, "message": self.message}}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        # Retry-After takes whole seconds (RFC 9110); never 0, which invites a hot loop.
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class InvalidInput(ServeError):
+    status, type = 400, "invalid_input"
+
+
+class Unauthorized(ServeError):
+    status, type = 401, "unauthorized"
+
+
+class Forbidden(ServeError):
+    status, type = 403, "forbidden"
+
+
+class UnknownTask(ServeError):
+    status, type = 404, "unknown_task"
+
+
+class NotFound(ServeError):
+    status, type = 404, "not_found"
+
+
+class MethodNotAllowed(ServeError):
+    status, type = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(ServeError):
+    status, type = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServeError):
+    status, type = 415, "unsupported_media_type"
+
+
+class InvalidBudget(ServeError):
+    status, type = 422, "invalid_budget"
+
+
+class BudgetUnsatisfiable(ServeError):
+    status, type = 422, "budget_unsatisfiable"
+
+
+class InvalidParameter(ServeError):
+    status, type = 422, "invalid_parameter"
+
+
+class QueueFull(ServeError):
+    status, type = 429, "queue_full"
+
+
+class InferenceFailed(ServeError):
+    status, type = 500, "inference_failed"
+
+
+class DeadlineUnmeetable(ServeError):
+    status, type = 503, "deadline_unmeetable"
+
+
+class NotReady(ServeError):
+    status, type = 503, "not_ready"
+
+
+class DeadlineExceeded(ServeError):
+    status, type = 504, "deadline_exceeded"
+
+
+ALL_ERRORS: tuple[type[ServeError], ...] = (
+    InvalidInput,
+    Unauthorized,
+    Forbidden,
+    UnknownTask,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InvalidBudget,
+    BudgetUnsatisfiable,
+    InvalidParameter,
+    QueueFull,
+    InferenceFailed,
+    DeadlineUnmeetable,
+    NotReady,
+    DeadlineExceeded,
+)

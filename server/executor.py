@@ -1,0 +1,83 @@
+"""The executor: one thread per device that runs forwards, so batches never compete for
+the device, and the start-up latency profile measured on it."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from model_store.model import DVN
+from server.profile import LatencyProfile
+
+# (task index, level, inputs (B, C, H, W)) -> probabilities (B, classes)
+ForwardFn = Callable[[int, int, np.ndarray], np.ndarray]
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN or Inf for a batch."""
+
+
+def model_forward(model: DVN, device: torch.device) -> ForwardFn:
+    """The forward the executor runs: one level on one batch, softmax on the device."""
+
+    def forward(task: int, level: int, inputs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(inputs).to(device, non_blocking=True)
+            probs = torch.softmax(model(x, task, level).float(), dim=1)
+            out: np.ndarray = probs.cpu().numpy()
+        if not np.isfinite(out).all():
+            raise NonFiniteOutput("the model produced NaN or Inf for this batch")
+        return out
+
+    return forward
+
+
+class Executor:
+    """Runs forwards on a single worker thread."""
+
+    def __init__(self, forward: ForwardFn) -> None:
+        self.forward = forward
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvn-executor")
+
+    async def run(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+        """Probabilities for ``inputs`` and the forward's wall time in seconds."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._timed, task, level, inputs)
+
+    def _timed(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        out = self.forward(task, level, inputs)
+        return out, time.perf_counter() - start
+
+    def profile(
+        self,
+        levels: list[tuple[str, int, int, tuple[int, int, int]]],
+        batch_sizes: list[int],
+        iters: int,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> LatencyProfile:
+        """Measure every (task, level) at every batch size: one warm-up forward, then the
+        median of ``iters``. ``levels`` holds (task name, task index, level, input shape).
+        Blocking; run before the server reports ready."""
+        profile = LatencyProfile()
+        rng = np.random.default_rng(0)
+        total, done = len(levels) * len(batch_sizes), 0
+        for name, t, level, shape in levels:
+            for b in batch_sizes:
+                x = rng.standard_normal((b, *shape), dtype=np.float32)
+                self.forward(t, level, x)
+                times = [self._timed(t, level, x)[1] for _ in range(iters)]
+                profile.table.setdefault((name, level), {})[b] = statistics.median(times)
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, total)
+        return profile
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)

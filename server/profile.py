@@ -1,0 +1,91 @@
+"""Latency profile: forward time of every (task, level) at each batch size on this device,
+measured at start-up and kept current from observed batches; and the predicted time to
+answer a new request given what is queued ahead of it."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+LevelKey = tuple[str, int]  # (task, level)
+
+
+@dataclass
+class LatencyProfile:
+    """Seconds per forward, by (task, level) and batch size. Updated in the event loop only."""
+
+    table: dict[LevelKey, dict[int, float]] = field(default_factory=dict)
+    smoothing: float = 0.2  # weight of a new observation
+
+    def record(self, key: LevelKey, batch: int, seconds: float) -> None:
+        """Blend an observed forward time into the profile."""
+        row = self.table.setdefault(key, {})
+        old = row.get(batch)
+        row[batch] = (
+            seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
+        )
+
+    def forward_s(self, key: LevelKey, batch: int) -> float:
+        """Predicted seconds for one forward of ``batch`` examples (linear between measured
+        sizes, per-example rate of the largest one beyond it)."""
+        row = self.table.get(key)
+        if not row:
+            return 0.0
+        sizes = sorted(row)
+        if batch in row:
+            return row[batch]
+        i = bisect.bisect_left(sizes, batch)
+        if i == 0:
+            return row[sizes[0]]
+        if i == len(sizes):
+            top = sizes[-1]
+            return row[top] * batch / top
+        lo, hi = sizes[i - 1], sizes[i]
+        frac = (batch - lo) / (hi - lo)
+        return row[lo] + frac * (row[hi] - row[lo])
+
+    def work_s(self, key: LevelKey, examples: int, max_batch: int) -> float:
+        """Seconds to compute ``examples`` queued at one level, in batches of ``max_batch``."""
+        if examples <= 0:
+            return 0.0
+        full, rest = divmod(examples, max_batch)
+        return full * self.forward_s(key, max_batch) + (self.forward_s(key, rest) if rest else 0.0)
+
+    def snapshot(self) -> dict[LevelKey, dict[int, float]]:
+        return {k: dict(v) for k, v in self.table.items()}
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What is ahead of a new request: the batch running now and the queued examples."""
+
+    busy_remaining_s: float
+    queued: Mapping[LevelKey, int]
+
+
+def predict_latency(
+    profile: LatencyProfile,
+    state: QueueState,
+    key: LevelKey,
+    examples: int,
+    max_batch: int,
+    overhead_s: float = 0.0,
+) -> float:
+    """Predicted seconds from arrival to response for ``examples`` at ``key``: the running
+    batch, every other queue's backlog (one executor serves them all, oldest first), this
+    level's backlog plus the request itself, and the fixed per-request overhead."""
+    ahead = state.busy_remaining_s + sum(
+        profile.work_s(k, n, max_batch) for k, n in state.queued.items() if k != key and n > 0
+    )
+    own = profile.work_s(key, state.queued.get(key, 0) + examples, max_batch)
+    return overhead_s + ahead + own
+
+
+def profile_batch_sizes(max_batch: int) -> list[int]:
+    """Batch sizes measured at start-up: powers of two up to ``max_batch``, and it."""
+    sizes = [2**i for i in range(int(math.log2(max_batch)) + 1)]
+    if sizes[-1] != max_batch:
+        sizes.append(max_batch)
+    return sizes

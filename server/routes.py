@@ -1,0 +1,268 @@
+"""The v1 HTTP API: ``/infer``, ``/plan``, ``/v1/models`` and export (docs/api.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.budget import Budget, parse_budget
+from server.decode import decode
+from server.encode import infer_body, infer_headers
+from server.errors import ALL_ERRORS, InvalidParameter, PayloadTooLarge, ServeError
+from server.export import archive_for
+from server.protocol import ErrorBody, InferResponse, ModelsResponse, PlanResponse
+from server.runtime import Runtime, get_runtime, ready_service
+from server.selection import fits_latency, fits_memory, select_level
+from server.service import Answer, InferenceService
+
+ServiceDep = Annotated[InferenceService, Depends(ready_service)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+BudgetQuery = Annotated[
+    str | None,
+    Query(
+        description="Comma-separated constraints: latency (us, ms, s) and/or memory (B, kB, MB, "
+        "GB, KiB, MiB, GiB), e.g. `15ms,2MiB`. None: the best level.",
+        max_length=200,
+    ),
+]
+OnMissQuery = Annotated[
+    Literal["degrade", "reject"],
+    Query(
+        description="When no level meets the latency budget: serve the smallest (degrade) or 503."
+    ),
+]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "model": ErrorBody,
+        "description": "; ".join(e.type for e in ALL_ERRORS if e.status == status),
+    }
+    for status in sorted({e.status for e in ALL_ERRORS})
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": 'One example or a batch: JSON `{"inputs": ...}`, a .npy array, or an image.',
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {"inputs": {"type": "array", "items": {}}},
+                }
+            },
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+router = APIRouter()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body of {declared} bytes is over the {limit}-byte limit; send fewer examples per "
+            "request (or raise DVN_MAX_BODY_BYTES)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"body is over the {limit}-byte limit; send fewer examples per request "
+                "(or raise DVN_MAX_BODY_BYTES)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def wait_disconnect(request: Request) -> None:
+    """Returns when the client goes away (the body has been read by then)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def check_top_k(top_k: int | None) -> None:
+    if top_k is not None and top_k < 1:
+        raise InvalidParameter(f"top_k must be at least 1, got {top_k}")
+
+
+@router.post(
+    "/infer/{task}",
+    summary="Classify one example or a batch at the level the budget allows",
+    response_model=InferResponse,
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+    tags=["inference"],
+)
+async def infer(
+    task: str,
+    request: Request,
+    service: ServiceDep,
+    budget: BudgetQuery = None,
+    level: Annotated[int | None, Query(description="Pin a level (1-based).")] = None,
+    on_miss: OnMissQuery = "degrade",
+    top_k: Annotated[int | None, Query(description="Return the k most probable classes.")] = None,
+) -> Response:
+    arrival = request.scope.get("state", {}).get("arrival", time.perf_counter())
+    log: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
+    log.update(task=task, budget=budget)
+    settings = service.settings
+    answer: Answer | None = None
+    examples = 0
+    try:
+        with service.admitted() as ticket:
+            entry = service.task(task)
+            parsed = parse_budget(budget)
+            service.check_level(entry, level)
+            check_top_k(top_k)
+            body = await read_body(request, settings.max_body_bytes)
+            inputs = decode(
+                body,
+                request.headers.get("content-type"),
+                service.spec(task),
+                max_examples=settings.max_request_batch,
+                max_image_pixels=settings.max_image_pixels,
+            )
+            examples = inputs.examples
+            answer = await service.infer(
+                entry,
+                inputs.array,
+                budget=parsed,
+                level=level,
+                on_miss=on_miss,
+                arrival=arrival,
+                ticket=ticket,
+                disconnected=lambda: wait_disconnect(request),
+            )
+    except ServeError as e:
+        service.account(task, None, e, examples)
+        log.update(outcome=e.type)
+        raise
+    except asyncio.CancelledError:
+        log.update(outcome="client_disconnected")
+        raise
+    service.account(task, answer, None, examples)
+    log.update(
+        level=answer.level, outcome="ok", selection=answer.reason, budget_met=answer.budget_met
+    )
+    body_doc = infer_body(answer, service.manifest, request.scope["state"]["request_id"], top_k)
+    return JSONResponse(body_doc, headers=infer_headers(answer))
+
+
+@router.get(
+    "/plan/{task}",
+    summary="Dry run: the level a request would get now, and every level's cost",
+    response_model=PlanResponse,
+    responses=ERRORS,
+    tags=["inference"],
+)
+async def plan(
+    task: str,
+    service: ServiceDep,
+    budget: BudgetQuery = None,
+    on_miss: OnMissQuery = "degrade",
+    examples: Annotated[int, Query(ge=1, le=4096, description="Examples in the request.")] = 1,
+) -> dict[str, Any]:
+    entry = service.task(task)
+    parsed: Budget | None = parse_budget(budget)
+    options = service.options(entry, examples)
+    chosen: dict[str, Any] = {"level": None, "selection": None, "budget_met": None, "error": None}
+    try:
+        sel = select_level(entry.name, options, parsed, on_miss=on_miss)
+        met = None
+        if parsed is not None:
+            option = next(o for o in options if o.level == sel.level)
+            met = fits_memory(option, parsed) and fits_latency(option, parsed)
+        chosen = {"level": sel.level, "selection": sel.reason, "budget_met": met, "error": None}
+    except ServeError as e:
+        chosen["error"] = e.body()["error"]
+    levels = []
+    for lv, option in zip(entry.levels, options, strict=True):
+        levels.append(
+            {
+                "level": lv.level,
+                "units": lv.units,
+                "params": lv.params,
+                "param_bytes": lv.param_bytes,
+                "flops": lv.flops,
+                "accuracy": None if lv.accuracy is None else lv.accuracy.value,
+                "predicted_latency_ms": round(option.predicted_latency_s * 1e3, 3),
+                "queue_depth": service.batcher.depth((entry.name, lv.level)),
+                "fits_memory": fits_memory(option, parsed),
+                "fits_latency": fits_latency(option, parsed),
+            }
+        )
+    return {
+        "task": entry.name,
+        "budget": None if parsed is None else parsed.to_dict(),
+        **chosen,
+        "levels": levels,
+    }
+
+
+@router.get(
+    "/v1/models",
+    summary="The loaded checkpoint: tasks, levels, costs, accuracy, profiled latency",
+    response_model=ModelsResponse,
+    responses=ERRORS,
+    tags=["models"],
+)
+async def models(service: ServiceDep) -> dict[str, Any]:
+    return service.summary()
+
+
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "A .tar archive holding manifest.json and weights.safetensors.",
+        "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
+
+
+@router.get(
+    "/v1/models/{task}/levels/{level}/export",
+    summary="One (task, level) as a standalone checkpoint archive",
+    response_class=Response,
+    responses=EXPORT_RESPONSES,
+    tags=["models"],
+)
+async def export_level(task: str, level: int, service: ServiceDep) -> Response:
+    entry = service.task(task)
+    service.check_level(entry, level)
+    return await archive_for(service, entry, level)
+
+
+@router.get(
+    "/v1/models/{task}/export",
+    summary="The largest level of a task that fits a memory budget, as a checkpoint archive",
+    response_class=Response,
+    responses=EXPORT_RESPONSES,
+    tags=["models"],
+)
+async def export_budget(task: str, service: ServiceDep, budget: BudgetQuery = None) -> Response:
+    entry = service.task(task)
+    parsed = parse_budget(budget)
+    if parsed is None or parsed.memory_bytes is None or parsed.latency_s is not None:
+        raise InvalidParameter(
+            "export takes a memory budget only, e.g. ?budget=2MiB (or use "
+            f"/v1/models/{task}/levels/{{level}}/export)"
+        )
+    options = service.options(entry, 1)
+    by_memory = [o for o in options if fits_memory(o, parsed)]
+    if not by_memory:
+        select_level(entry.name, options, parsed)  # raises BudgetUnsatisfiable, same message
+    return await archive_for(service, entry, max(o.level for o in by_memory))

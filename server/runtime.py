@@ -1,0 +1,141 @@
+"""What one app instance holds while it runs: settings, metrics, the loaded checkpoint and
+the inference service once warmed up. Built in the lifespan; nothing global."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from fastapi import Request
+
+from model_store.checkpoint import Checkpoint, load
+from server.errors import NotReady
+from server.executor import Executor, ForwardFn, model_forward
+from server.logs import SERVER
+from server.metrics import Metrics
+from server.profile import LatencyProfile, profile_batch_sizes
+from server.service import InferenceService
+from server.settings import Settings
+
+ForwardWrapper = Callable[[ForwardFn], ForwardFn]
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    checkpoint: Checkpoint | None = None
+    forward_wrapper: ForwardWrapper | None = None
+    service: InferenceService | None = None
+    ready: bool = False
+    warmup: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the checkpoint (unless given), build the service, start warm-up."""
+        s = self.settings
+        if s.torch_threads is not None:
+            torch.set_num_threads(s.torch_threads)
+        device = pick_device(s.device)
+        if self.checkpoint is None:
+            self.checkpoint = await asyncio.to_thread(load, s.checkpoint, device)
+        else:
+            self.checkpoint.model.to(device).eval()
+        forward = model_forward(self.checkpoint.model, device)
+        if self.forward_wrapper is not None:
+            forward = self.forward_wrapper(forward)
+        executor = Executor(forward)
+        self.service = InferenceService(
+            self.checkpoint, s, executor, LatencyProfile(), self.metrics
+        )
+        m = self.checkpoint.manifest
+        self.metrics.describe_model(
+            name=m.name,
+            version=m.version,
+            sha256=m.weights_sha256,
+            device=str(device),
+            param_bytes=self.service.param_bytes,
+            unit_bytes=self.service.unit_bytes,
+            levels=[(t.name, lv.level) for t in m.tasks for lv in t.levels],
+            queue_capacity=s.max_queue_size,
+        )
+        self.service.batcher.start()
+        self.warmup = asyncio.create_task(self._warm_up(), name="dvn-warmup")
+
+    async def _warm_up(self) -> None:
+        assert self.service is not None and self.checkpoint is not None
+        service, started = self.service, time.perf_counter()
+        levels = [
+            (t.name, i, lv.level, spec.input_shape)
+            for i, (t, spec) in enumerate(
+                zip(self.checkpoint.manifest.tasks, self.checkpoint.model.config.tasks, strict=True)
+            )
+            for lv in t.levels
+        ]
+        sizes = profile_batch_sizes(self.settings.max_batch_size)
+        SERVER.info(
+            "warming up",
+            extra={
+                "fields": {"levels": len(levels), "batch_sizes": sizes, "device": service.device}
+            },
+        )
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done % max(1, total // 4) == 0:
+                SERVER.info("warm-up progress", extra={"fields": {"done": done, "total": total}})
+
+        profile = await asyncio.to_thread(
+            service.executor.profile, levels, sizes, self.settings.profile_iters, progress
+        )
+        service.profile.table.update(profile.table)
+        for (task, level), row in profile.table.items():
+            service.metrics.predicted_latency.labels(task, str(level)).set(
+                row[1] + service.overhead_s
+            )
+        self.ready = True
+        SERVER.info(
+            "ready", extra={"fields": {"warmup_s": round(time.perf_counter() - started, 2)}}
+        )
+
+    async def stop(self) -> None:
+        """Drain: refuse new work, answer what was accepted, then stop the batcher."""
+        if self.warmup is not None and not self.warmup.done():
+            self.warmup.cancel()
+        if self.service is None:
+            return
+        self.service.draining = True
+        self.ready = False
+        finished = await self.service.wait_idle(self.settings.drain_timeout_s)
+        if not finished:
+            SERVER.warning(
+                "drain timeout: requests still in flight",
+                extra={"fields": {"inflight": self.service.inflight}},
+            )
+        await self.service.batcher.stop()
+        self.service.executor.shutdown()
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def ready_service(request: Request) -> InferenceService:
+    """The service, or 503 before warm-up finishes and while draining."""
+    runtime = get_runtime(request)
+    if runtime.service is not None and runtime.service.draining:
+        raise NotReady("the server is shutting down; retry on another replica", retry_after_s=1)
+    if not runtime.ready or runtime.service is None:
+        raise NotReady(
+            "the server is warming up (profiling every level); retry shortly", retry_after_s=1
+        )
+    return runtime.service

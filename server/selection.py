@@ -1,0 +1,134 @@
+"""Choosing a task's level for a request: a pure function of the levels' costs, accuracies,
+predicted latencies (profile + queue state) and the request's budget. No server needed to
+test it; ``server.service`` feeds it live numbers.
+
+Rules (DESIGN.md, budget rules):
+
+* A pinned level is served as asked (``pinned``).
+* Among the levels that fit every constraint, the most accurate (manifest accuracy; the
+  largest level where none is recorded; ties go to the larger level). Reason ``budget``,
+  or ``default`` with no budget.
+* A memory budget below the smallest level is an error naming that level's size.
+* A latency budget no level meets: ``degrade`` serves the smallest level (``degraded``),
+  ``reject`` is a 503 with ``Retry-After``.
+* A full queue: the next best level that still fits the budget and has room
+  (``degraded``); none: 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from server.budget import Budget
+from server.errors import BudgetUnsatisfiable, DeadlineUnmeetable, QueueFull
+
+Reason = Literal["budget", "default", "pinned", "degraded"]
+OnMiss = Literal["degrade", "reject"]
+
+
+@dataclass(frozen=True)
+class LevelOption:
+    """One level as the selector sees it right now."""
+
+    level: int
+    param_bytes: int
+    accuracy: float | None
+    predicted_latency_s: float
+    queue_full: bool = False
+
+
+@dataclass(frozen=True)
+class Selection:
+    level: int
+    reason: Reason
+    predicted_latency_s: float
+
+
+def human_bytes(n: int) -> str:
+    """``46144`` -> ``'45.1 KiB'``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _rank(option: LevelOption) -> tuple[float, int]:
+    return (option.accuracy if option.accuracy is not None else -1.0, option.level)
+
+
+def fits_memory(option: LevelOption, budget: Budget | None) -> bool:
+    return (
+        budget is None or budget.memory_bytes is None or option.param_bytes <= budget.memory_bytes
+    )
+
+
+def fits_latency(option: LevelOption, budget: Budget | None) -> bool:
+    return (
+        budget is None or budget.latency_s is None or option.predicted_latency_s <= budget.latency_s
+    )
+
+
+def select_level(
+    task: str,
+    options: Sequence[LevelOption],
+    budget: Budget | None,
+    *,
+    pinned: int | None = None,
+    on_miss: OnMiss = "degrade",
+) -> Selection:
+    """The level to serve ``task`` at, with the reason.
+
+    Raises:
+        BudgetUnsatisfiable: memory budget below the smallest level.
+        DeadlineUnmeetable: no level meets the latency budget and ``on_miss`` is reject.
+        QueueFull: every allowed level's queue is full.
+    """
+    by_level = sorted(options, key=lambda o: o.level)
+    soonest = min(o.predicted_latency_s for o in by_level)
+    if pinned is not None:
+        chosen = next(o for o in by_level if o.level == pinned)
+        if chosen.queue_full:
+            raise QueueFull(
+                f"the queue of task {task!r} level {pinned} is full; retry later or let the "
+                "server choose the level (no level=)",
+                retry_after_s=chosen.predicted_latency_s,
+            )
+        return Selection(pinned, "pinned", chosen.predicted_latency_s)
+
+    in_memory = [o for o in by_level if fits_memory(o, budget)]
+    if not in_memory:
+        assert budget is not None and budget.memory_bytes is not None
+        smallest = min(by_level, key=lambda o: o.param_bytes)
+        raise BudgetUnsatisfiable(
+            f"memory budget {budget.memory_bytes} B ({human_bytes(budget.memory_bytes)}) is below "
+            f"the smallest level of task {task!r}: level {smallest.level} needs "
+            f"{smallest.param_bytes} B ({human_bytes(smallest.param_bytes)}); raise the budget "
+            "to at least that"
+        )
+    meeting = sorted((o for o in in_memory if fits_latency(o, budget)), key=_rank, reverse=True)
+    reason: Reason = "default" if budget is None else "budget"
+    if not meeting:
+        assert budget is not None and budget.latency_s is not None
+        if on_miss == "reject":
+            raise DeadlineUnmeetable(
+                f"no level of task {task!r} can answer within {budget.latency_s * 1e3:g} ms now "
+                f"(the fastest is predicted at {soonest * 1e3:.1f} ms); retry later, raise the "
+                "budget, or use on_miss=degrade to get the smallest level anyway",
+                retry_after_s=soonest,
+            )
+        meeting = sorted(in_memory, key=lambda o: o.param_bytes)  # smallest first
+        reason = "degraded"
+    for rank, option in enumerate(meeting):
+        if not option.queue_full:
+            return Selection(
+                option.level, reason if rank == 0 else "degraded", option.predicted_latency_s
+            )
+    raise QueueFull(
+        f"every queue of task {task!r} that fits the budget is full; retry after the "
+        "Retry-After interval or send less load",
+        retry_after_s=soonest,
+    )

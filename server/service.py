@@ -1,0 +1,352 @@
+"""The one request path both front ends (``/infer`` and the Open Inference Protocol) go
+through: select a level for the budget, queue, await the batch, account for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_store.checkpoint import Checkpoint
+from model_store.costs import unit_param_bytes
+from model_store.manifest import TaskEntry
+from model_store.tasks import TaskSpec
+from server.batching import Batcher, BatchEvent, BatchResult, Pending
+from server.budget import Budget
+from server.errors import (
+    DeadlineExceeded,
+    DeadlineUnmeetable,
+    InvalidParameter,
+    NotReady,
+    ServeError,
+    UnknownTask,
+)
+from server.executor import Executor
+from server.metrics import Metrics
+from server.profile import LatencyProfile, QueueState, predict_latency
+from server.selection import LevelOption, OnMiss, Selection, select_level
+from server.settings import Settings
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A request's result, ready for either front end to encode."""
+
+    task: TaskEntry
+    level: int
+    units: list[int]
+    reason: str
+    probabilities: np.ndarray  # (examples, classes)
+    budget: Budget | None
+    latency_met: bool | None
+    memory_met: bool | None
+    predicted_latency_s: float
+    measured_latency_s: float
+    queue_wait_s: float
+    compute_s: float
+
+    @property
+    def budget_met(self) -> bool | None:
+        if self.budget is None:
+            return None
+        return self.latency_met is not False and self.memory_met is not False
+
+
+@dataclass
+class Ticket:
+    """One admitted request; ``queued`` once it reached a level queue."""
+
+    queued: bool = False
+
+
+def outcome_of(error: ServeError) -> str:
+    """Metrics outcome of an error: the client's mistake, load shedding, or ours."""
+    if error.status >= 500 and error.status not in (503, 504):
+        return "error"
+    if error.status in (429, 503, 504):
+        return "rejected"
+    return "invalid"
+
+
+class InferenceService:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        settings: Settings,
+        executor: Executor,
+        profile: LatencyProfile,
+        metrics: Metrics,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.manifest = checkpoint.manifest
+        self.settings = settings
+        self.metrics = metrics
+        self.profile = profile
+        self.executor = executor
+        self.tasks = {t.name: t for t in self.manifest.tasks}
+        self.task_index = {t.name: i for i, t in enumerate(self.manifest.tasks)}
+        self.archives: dict[tuple[str, int], bytes] = {}  # exported levels, built on demand
+        self.device = str(next(checkpoint.model.parameters()).device)
+        self.inflight = 0
+        self.arriving = 0
+        self.draining = False
+        self.unit_bytes = unit_param_bytes(checkpoint.model)
+        self.param_bytes = sum(
+            t.numel() * t.element_size() for t in checkpoint.model.state_dict().values()
+        )
+        self.overhead_s = 0.0005  # non-forward time per request, kept current below
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batcher = Batcher(
+            executor,
+            profile,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_s=settings.max_batch_delay_ms / 1e3,
+            arriving=lambda: self.arriving,
+            on_batch=self._batch_done,
+        )
+
+    # -- lookups ---------------------------------------------------------------------
+    def task(self, name: str) -> TaskEntry:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            valid = ", ".join(self.tasks)
+            raise UnknownTask(f"unknown task {name!r}; this server serves: {valid}") from None
+
+    def spec(self, name: str) -> TaskSpec:
+        return self.checkpoint.model.config.tasks[self.task_index[name]]
+
+    def summary(self) -> dict[str, Any]:
+        """The checkpoint as ``GET /v1/models`` shows it."""
+        m = self.manifest
+        tasks = []
+        for t in m.tasks:
+            levels = []
+            for lv in t.levels:
+                row = self.profile.table.get((t.name, lv.level), {})
+                levels.append(
+                    {
+                        **lv.model_dump(exclude={"accuracy"}),
+                        "accuracy": None if lv.accuracy is None else lv.accuracy.value,
+                        "latency_ms": {str(b): round(s * 1e3, 4) for b, s in sorted(row.items())},
+                    }
+                )
+            tasks.append({**t.model_dump(exclude={"levels"}), "levels": levels})
+        return {
+            "name": m.name,
+            "version": m.version,
+            "sha256": m.weights_sha256,
+            "device": self.device,
+            "num_units": m.num_units,
+            "param_bytes": self.param_bytes,
+            "unit_param_bytes": {str(u): n for u, n in self.unit_bytes.items()},
+            "tasks": tasks,
+        }
+
+    def check_level(self, task: TaskEntry, level: int | None) -> None:
+        if level is not None and not 1 <= level <= len(task.levels):
+            raise InvalidParameter(
+                f"level {level} is out of range for task {task.name!r}: use 1..{len(task.levels)}"
+            )
+
+    # -- prediction and selection --------------------------------------------------------
+    def queue_state(self) -> QueueState:
+        return QueueState(self.batcher.busy_remaining_s(), dict(self.batcher.queued_examples))
+
+    def options(self, task: TaskEntry, examples: int) -> list[LevelOption]:
+        state = self.queue_state()
+        found = []
+        for lv in task.levels:
+            key = (task.name, lv.level)
+            predicted = predict_latency(
+                self.profile, state, key, examples, self.settings.max_batch_size, self.overhead_s
+            )
+            self.metrics.predicted_latency.labels(task.name, str(lv.level)).set(predicted)
+            found.append(
+                LevelOption(
+                    level=lv.level,
+                    param_bytes=lv.param_bytes,
+                    accuracy=None if lv.accuracy is None else lv.accuracy.value,
+                    predicted_latency_s=predicted,
+                    queue_full=self.batcher.depth(key) >= self.settings.max_queue_size,
+                )
+            )
+        return found
+
+    def select(
+        self,
+        task: TaskEntry,
+        examples: int,
+        budget: Budget | None,
+        level: int | None,
+        on_miss: OnMiss,
+    ) -> tuple[Selection, list[LevelOption]]:
+        self.check_level(task, level)
+        options = self.options(task, examples)
+        return select_level(task.name, options, budget, pinned=level, on_miss=on_miss), options
+
+    # -- admission -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[Ticket]:
+        """Count a request in for as long as it is handled; refuse it while draining.
+
+        Raises:
+            NotReady: the server is draining.
+        """
+        if self.draining:
+            raise NotReady("the server is shutting down; retry on another replica", retry_after_s=1)
+        ticket = Ticket()
+        self.inflight += 1
+        self.arriving += 1
+        self._idle.clear()
+        self.metrics.inflight.set(self.inflight)
+        try:
+            yield ticket
+        finally:
+            if not ticket.queued:
+                self.arriving -= 1
+            self.inflight -= 1
+            self.metrics.inflight.set(self.inflight)
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def infer(
+        self,
+        task: TaskEntry,
+        inputs: np.ndarray,
+        *,
+        budget: Budget | None,
+        level: int | None,
+        on_miss: OnMiss,
+        arrival: float,
+        ticket: Ticket,
+        disconnected: Callable[[], Awaitable[None]] | None = None,
+    ) -> Answer:
+        """Answer ``inputs`` (B, C, H, W) for ``task`` within ``budget``, inside
+        :meth:`admitted`; :meth:`account` counts the result.
+
+        Raises:
+            ServeError: every failure, typed.
+        """
+        examples = int(inputs.shape[0])
+        selection, _ = self.select(task, examples, budget, level, on_miss)
+        deadline = None
+        if budget is not None and budget.latency_s is not None:
+            deadline = arrival + budget.latency_s
+        loop = asyncio.get_running_loop()
+        pending = Pending(
+            task=task.name,
+            task_index=self.task_index[task.name],
+            level=selection.level,
+            reason=selection.reason,
+            inputs=inputs,
+            deadline=deadline,
+            on_miss=on_miss,
+            future=loop.create_future(),
+        )
+        self.batcher.put(pending)
+        ticket.queued = True
+        self.arriving -= 1
+        self.metrics.queue_depth.labels(task.name, str(selection.level)).set(
+            self.batcher.depth(pending.key)
+        )
+        result = await self._wait(pending, disconnected)
+        self.metrics.queue_wait.labels(task.name, str(result.level)).observe(result.queue_wait_s)
+        now = time.perf_counter()
+        measured = now - arrival
+        entry = task.levels[result.level - 1]
+        latency_met = memory_met = None
+        if budget is not None:
+            if budget.latency_s is not None:
+                latency_met = measured <= budget.latency_s
+            if budget.memory_bytes is not None:
+                memory_met = entry.param_bytes <= budget.memory_bytes
+        self.overhead_s = 0.9 * self.overhead_s + 0.1 * max(
+            0.0, measured - result.queue_wait_s - result.compute_s
+        )
+        return Answer(
+            task=task,
+            level=result.level,
+            units=list(entry.units),
+            reason=result.reason,
+            probabilities=result.probabilities,
+            budget=budget,
+            latency_met=latency_met,
+            memory_met=memory_met,
+            predicted_latency_s=selection.predicted_latency_s,
+            measured_latency_s=measured,
+            queue_wait_s=result.queue_wait_s,
+            compute_s=result.compute_s,
+        )
+
+    async def _wait(
+        self, pending: Pending, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> BatchResult:
+        if disconnected is None:
+            return await pending.future
+        watcher: asyncio.Future[None] = asyncio.ensure_future(disconnected())
+        waiting: set[asyncio.Future[Any]] = {pending.future, watcher}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not pending.future.done():
+            pending.abandoned = True  # the batcher drops it uncomputed
+            pending.future.cancel()
+            raise asyncio.CancelledError("client disconnected")
+        return pending.future.result()
+
+    # -- accounting --------------------------------------------------------------------
+    def account(
+        self, task: str, answer: Answer | None, error: ServeError | None, examples: int
+    ) -> None:
+        """Count a finished request in the metrics."""
+        if answer is not None:
+            results: dict[str, bool] = {}
+            if answer.latency_met is not None:
+                results["latency"] = answer.latency_met
+            if answer.memory_met is not None:
+                results["memory"] = answer.memory_met
+            self.metrics.answered(
+                task=task,
+                level=answer.level,
+                units=answer.units,
+                examples=examples,
+                reason=answer.reason,
+                duration_s=answer.measured_latency_s,
+                budget_results=results,
+            )
+        elif error is not None:
+            label = task if task in self.tasks else "unknown"
+            latency_missed = isinstance(error, DeadlineUnmeetable | DeadlineExceeded)
+            self.metrics.refused(
+                task=label, level=None, outcome=outcome_of(error), latency_missed=latency_missed
+            )
+
+    def _batch_done(self, event: BatchEvent) -> None:
+        lv = str(event.level)
+        self.metrics.queue_depth.labels(event.task, lv).set(
+            self.batcher.depth((event.task, event.level))
+        )
+        if event.failed:
+            self.metrics.batch_failures.labels(event.task, lv).inc()
+            return
+        entry = self.tasks[event.task].levels[event.level - 1]
+        self.metrics.batch_done(
+            task=event.task, level=event.level, units=entry.units, examples=event.examples,
+            seconds=event.seconds,
+        )  # fmt: skip

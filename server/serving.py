@@ -1,0 +1,40 @@
+"""A uvicorn server whose first SIGTERM/SIGINT drains before exiting (a second one exits
+at once). Exits 0 after a drain: the signal is not re-raised."""
+
+from __future__ import annotations
+
+import asyncio
+from types import FrameType
+
+import uvicorn
+
+from server.logs import SERVER
+from server.runtime import Runtime
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.draining:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self.draining = True
+        SERVER.info("signal received: draining", extra={"fields": {"signal": sig}})
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        runtime = self.runtime
+        runtime.ready = False
+        service = runtime.service
+        if service is not None:
+            service.draining = True
+            if not await service.wait_idle(runtime.settings.drain_timeout_s):
+                SERVER.warning("drain timed out", extra={"fields": {"inflight": service.inflight}})
+        SERVER.info("drained: exiting")
+        self.should_exit = True

@@ -1,0 +1,80 @@
+"""Server settings: environment variables with the ``DVN_`` prefix, overridden by flags,
+validated at start with messages that name the variable and how to fix it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def demo_checkpoint() -> Path:
+    """The demo checkpoint shipped inside the model_store package."""
+    import model_store
+
+    return Path(model_store.__file__).resolve().parent / "checkpoints" / "demo"
+
+
+class SettingsError(ValueError):
+    """Bad settings; the message lists each bad value and its variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DVN_", extra="forbid", frozen=True)
+
+    checkpoint: Path = Field(default_factory=demo_checkpoint, description="checkpoint directory")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="examples per forward")
+    max_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_queue_size: int = Field(default=256, ge=1, description="requests per (task, level) queue")
+    max_request_batch: int = Field(default=64, ge=1, description="examples in one request")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=16_000_000, ge=1)
+    profile_iters: int = Field(
+        default=3, ge=1, le=100, description="timed forwards per batch size at start"
+    )
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    protect_health: bool = False
+    protect_metrics: bool = False
+    log_json: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with ``overrides`` (flags) on top; ``None`` overrides
+    are ignored.
+
+    Raises:
+        SettingsError: one line per bad value, naming its variable.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            source = f"--{field.replace('_', '-')}" if field in given else f"DVN_{field.upper()}"
+            lines.append(f"{source}={err.get('input')!r}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from e
