@@ -1,0 +1,150 @@
+"""A real ``dvn serve`` process: start-up, concurrency, graceful drain, bad checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from model_store.checkpoint import load
+from server.settings import demo_checkpoint
+from tests.integration.serve import ROOT, dvn_serve
+
+DEMO = demo_checkpoint()
+
+
+def npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x.astype(np.float32))
+    return buf.getvalue()
+
+
+def expected_probs(task: str, level: int, x: np.ndarray) -> np.ndarray:
+    ckpt = load(DEMO)
+    with torch.no_grad():
+        logits = ckpt.model(torch.from_numpy(x), task, level)
+    return torch.softmax(logits, 1).numpy()
+
+
+def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    xs = {i: rng.standard_normal((1, 1, 8, 8), dtype=np.float32) for i in range(48)}
+    with dvn_serve(DEMO, tmp_path / "serve.log") as server:
+        assert httpx.get(server.url + "/healthz").json() == {"status": "alive"}
+
+        async def send_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                return await asyncio.gather(
+                    *(
+                        client.post(
+                            f"/infer/digits?level={1 + i % 4}",
+                            content=npy(x),
+                            headers={"content-type": "application/x-npy"},
+                        )
+                        for i, x in xs.items()
+                    )
+                )
+
+        responses = asyncio.run(send_all())
+        metrics = httpx.get(server.url + "/metrics").text
+    assert [r.status_code for r in responses] == [200] * len(xs)
+    for i, r in enumerate(responses):
+        body = r.json()
+        assert body["level"] == 1 + i % 4
+        want = expected_probs("digits", body["level"], xs[i])[0]
+        np.testing.assert_allclose(body["predictions"][0]["probabilities"], want, atol=1e-5)
+    # every request counted once, at its level
+    for level in range(1, 5):
+        line = f'dvn_requests_total{{level="{level}",outcome="ok",task="digits"}} 12.0'
+        assert line in metrics
+
+
+def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
+    """SIGTERM under load: readiness 503, new work 503, accepted work answered, exit 0."""
+    rng = np.random.default_rng(1)
+    heavy = npy(rng.standard_normal((64, 3, 16, 16), dtype=np.float32))
+    with dvn_serve(DEMO, tmp_path / "serve.log", "--max-batch-size", "8") as server:
+
+        async def scenario() -> tuple[list[int], int, int, list[int]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                accepted = [
+                    asyncio.create_task(
+                        client.post(
+                            "/infer/shapes?level=4",
+                            content=heavy,
+                            headers={"content-type": "application/x-npy"},
+                        )
+                    )
+                    for _ in range(40)
+                ]
+                # wait until the server holds them all
+                for _ in range(200):
+                    m = (await client.get("/metrics")).text
+                    line = next(l for l in m.splitlines() if l.startswith("dvn_inflight_requests "))
+                    if float(line.split()[1]) >= 40:
+                        break
+                    await asyncio.sleep(0.05)
+                server.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                ready = (await client.get("/readyz")).status_code
+                late = await client.post(
+                    "/infer/shapes", content=heavy, headers={"content-type": "application/x-npy"}
+                )
+                codes = [r.status_code for r in await asyncio.gather(*accepted)]
+                late_body = late.json()
+                assert late_body["error"]["type"] == "not_ready"
+                return codes, ready, late.status_code, [int(late.headers["retry-after"])]
+
+        codes, ready, late_status, retry = asyncio.run(scenario())
+        rc = server.process.wait(60)
+    assert codes == [200] * 40
+    assert ready == 503
+    assert late_status == 503 and retry == [1]
+    assert rc == 0
+    assert "drained: exiting" in server.output()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("tamper", "was modified or truncated"),
+        ("newer", "upgrade dvn-serve"),
+        ("missing", "manifest.json is missing"),
+    ],
+)
+def test_bad_checkpoint_refused_at_start(tmp_path: Path, damage: str, message: str) -> None:
+    bad = tmp_path / "ckpt"
+    shutil.copytree(DEMO, bad)
+    if damage == "tamper":
+        data = bytearray((bad / "weights.safetensors").read_bytes())
+        data[-1] ^= 0xFF
+        (bad / "weights.safetensors").write_bytes(bytes(data))
+    elif damage == "newer":
+        manifest = json.loads((bad / "manifest.json").read_text())
+        manifest["format_version"] = 99
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (bad / "manifest.json").unlink()
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "dvn", "serve", "--checkpoint", str(bad), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("dvn serve: error: ")
+    assert message in done.stderr
+    assert time.monotonic() - started < 30
