@@ -8,6 +8,7 @@ from typing import Any
 EXAMPLES = """examples:
   dvn bench levels                          # forward time per level vs FLOP ratio
   dvn bench levels --checkpoint runs/mine --out bench/results
+  dvn bench serve --task shapes --duration 5    # overhead + throughput through HTTP
 """
 
 
@@ -26,10 +27,28 @@ def register(sub: Any) -> None:
     lv.add_argument("--device", default="auto")
     lv.set_defaults(handler=_levels)
 
+    sv = which.add_parser("serve", help="HTTP overhead per level and throughput, batching on/off")
+    sv.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    sv.add_argument("--out", default="bench/results")
+    sv.add_argument("--task", help="task to load (default: the first)")
+    sv.add_argument("--requests", type=int, default=200, help="sequential requests per level")
+    sv.add_argument("--duration", type=float, default=5.0, help="seconds per throughput point")
+    sv.set_defaults(handler=_serve)
+
 
 def _levels(args: argparse.Namespace) -> int:
     from bench.levels import run_levels
 
     report = run_levels(args.checkpoint, args.out, repeats=args.repeats, device=args.device)
+    print(report.read_text())
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bench.serve import run_serve
+
+    report = run_serve(
+        args.checkpoint, args.out, task=args.task, requests=args.requests, duration=args.duration
+    )
     print(report.read_text())
     return 0

@@ -6,16 +6,15 @@ from __future__ import annotations
 import io
 import subprocess
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from bench._process import dvn_serve
 from model_store.checkpoint import read_manifest
 from server.settings import demo_checkpoint
 from tests.integration.promql import alert_expressions, dashboard_expressions, run_prometheus
-from tests.integration.serve import dvn_serve
 
 DEMO = demo_checkpoint()
 

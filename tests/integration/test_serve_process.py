@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from bench._process import ROOT, dvn_serve
 from model_store.checkpoint import load
 from server.settings import demo_checkpoint
-from tests.integration.serve import ROOT, dvn_serve
 
 DEMO = demo_checkpoint()
 
@@ -91,7 +91,7 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
                 # wait until the server holds them all
                 for _ in range(200):
                     m = (await client.get("/metrics")).text
-                    line = next(l for l in m.splitlines() if l.startswith("dvn_inflight_requests "))
+                    line = next(x for x in m.splitlines() if x.startswith("dvn_inflight_requests "))
                     if float(line.split()[1]) >= 40:
                         break
                     await asyncio.sleep(0.05)

@@ -1,4 +1,5 @@
-"""Start a real ``dvn serve`` process on a free loopback port for integration tests."""
+"""Start a real ``dvn serve`` process on a free loopback port (benchmarks and integration
+tests)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -79,7 +80,9 @@ def wait_ready(server: ServerProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"dvn serve exited with {server.process.returncode}:\n{server.output()}")
+            raise RuntimeError(
+                f"dvn serve exited with {server.process.returncode}:\n{server.output()}"
+            )
         try:
             if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
                 return

@@ -1,0 +1,149 @@
+"""Serving overhead and throughput, in one run: the in-process forward of each level next
+to the end-to-end time through HTTP at concurrency 1, and requests/s at 1, 16 and 64
+concurrent clients with batching on (``max_batch_size`` 32) and off (1)."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from bench._common import machine_line, median_seconds, write_report
+from bench._process import dvn_serve
+from clients.loadtest import LoadTestConfig, run_loadtest
+from model_store.checkpoint import load
+
+
+def npy_body(shape: tuple[int, ...], seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+    return buf.getvalue()
+
+
+def sequential_ms(url: str, path: str, body: bytes, n: int) -> list[float]:
+    """Wall times (ms) of ``n`` requests sent one after another on one connection."""
+    times = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(3):
+            client.post(path, content=body, headers={"content-type": "application/x-npy"})
+        for _ in range(n):
+            start = time.perf_counter()
+            r = client.post(path, content=body, headers={"content-type": "application/x-npy"})
+            times.append((time.perf_counter() - start) * 1e3)
+            r.raise_for_status()
+    return times
+
+
+def run_serve(
+    checkpoint: str | Path | None,
+    out: str | Path,
+    *,
+    task: str | None = None,
+    requests: int = 200,
+    duration: float = 5.0,
+    concurrencies: tuple[int, ...] = (1, 16, 64),
+) -> Path:
+    """Measure and write ``serve.json`` and ``serve.md``; return the .md path."""
+    from server.settings import demo_checkpoint
+
+    path = Path(checkpoint or demo_checkpoint())
+    ckpt = load(path)
+    t_index = 0 if task is None else ckpt.model.config.task_index(task)
+    entry = ckpt.manifest.tasks[t_index]
+    shape = tuple(entry.input_shape)
+    body = npy_body((1, *shape))
+    x = torch.from_numpy(np.load(io.BytesIO(body)))
+    levels: list[dict[str, Any]] = []
+    throughput: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batching, max_batch in (("on", 32), ("off", 1)):
+            args = ("--max-batch-size", str(max_batch))
+            with dvn_serve(path, Path(tmp) / f"serve-{batching}.log", *args) as server:
+                if batching == "on":
+                    for lv in entry.levels:
+
+                        def forward(level: int = lv.level) -> None:
+                            with torch.inference_mode():
+                                ckpt.model(x, t_index, level)
+
+                        fwd_ms = median_seconds(forward, 50) * 1e3
+                        e2e = sorted(
+                            sequential_ms(
+                                server.url, f"/infer/{entry.name}?level={lv.level}", body, requests
+                            )
+                        )
+                        p50 = statistics.median(e2e)
+                        p99 = e2e[min(len(e2e) - 1, int(0.99 * len(e2e)))]
+                        levels.append(
+                            {
+                                "level": lv.level,
+                                "forward_ms": round(fwd_ms, 3),
+                                "e2e_p50_ms": round(p50, 3),
+                                "e2e_p99_ms": round(p99, 3),
+                                "overhead_p50_ms": round(p50 - fwd_ms, 3),
+                                "overhead_p99_ms": round(p99 - fwd_ms, 3),
+                            }
+                        )
+                for clients in concurrencies:
+                    report = run_loadtest(
+                        LoadTestConfig(
+                            url=server.url,
+                            mode="closed",
+                            concurrency=clients,
+                            duration=duration,
+                            warmup=1.0,
+                            task_mix=f"{entry.name}:1",
+                            level=entry.levels[-1].level,
+                            timeout=30,
+                        )
+                    )
+                    throughput.append(
+                        {
+                            "batching": batching,
+                            "clients": clients,
+                            "rps": round(report.achieved_rate, 1),
+                            "p50_ms": report.latency_ms.get("p50"),
+                            "p99_ms": report.latency_ms.get("p99"),
+                            "errors": report.errors + report.timeouts,
+                        }
+                    )
+    data = {"task": entry.name, "levels": levels, "throughput": throughput}
+    return write_report(out, "serve", data, _markdown(data))
+
+
+def _markdown(data: dict[str, Any]) -> str:
+    lines = [
+        "## Serving: overhead and throughput",
+        "",
+        f"{machine_line()} Task `{data['task']}`, one example per request (`.npy` body), a real "
+        "`dvn serve` process on loopback, the project's load generator.",
+        "",
+        "Concurrency 1, level pinned:",
+        "",
+        "| level | forward in-process ms | HTTP p50 ms | HTTP p99 ms | overhead p50 ms | overhead p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["levels"]:
+        lines.append(
+            f"| {r['level']} | {r['forward_ms']:.3f} | {r['e2e_p50_ms']:.3f} | {r['e2e_p99_ms']:.3f} "
+            f"| {r['overhead_p50_ms']:.3f} | {r['overhead_p99_ms']:.3f} |"
+        )
+    lines += [
+        "",
+        "Throughput at the top level, closed loop:",
+        "",
+        "| batching | clients | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["throughput"]:
+        lines.append(
+            f"| {r['batching']} | {r['clients']} | {r['rps']:.1f} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
+        )
+    return "\n".join(lines) + "\n"
