@@ -1,0 +1,299 @@
+"""The load generator behind ``dvn loadtest``: open-loop (Poisson arrivals) or closed-loop
+(N workers) traffic with a mix of tasks and budgets, measured into a :class:`LoadReport`.
+
+    report = run_loadtest(LoadTestConfig("http://127.0.0.1:8000", rate=100, duration=10,
+                                         budget_mix="5ms:0.5,20ms:0.3,1MiB:0.2"))
+    print(report.format_text())
+
+Open loop: arrival times come from a Poisson process at ``rate``; each request is sent at
+its arrival time however slow the responses are, and its latency is measured from that
+arrival time (no coordinated omission); arrivals finding
+``max_outstanding`` requests in flight are dropped and counted as ``not_sent``. Closed
+loop: ``concurrency`` workers each send a request, wait for it, and send the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+
+from clients import _protocol as protocol
+from clients._report import LoadReport, Outcome, Recorder
+from clients._workload import Mix, budget_param, input_pool, parse_mix
+from clients.errors import DVNError
+
+Mode = Literal["open", "closed"]
+PROGRESS_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class LoadTestConfig:
+    """What to send, how fast, for how long. Mixes use ``parse_mix`` syntax
+    (``"5ms:0.5,20ms:0.3,1MiB:0.2"``, ``none`` for no budget); ``budget_mix=None`` sends
+    no budget, ``task_mix=None`` every task of ``GET /v1/models`` with equal weights.
+
+    Raises:
+        ValueError: a setting out of range or a mix that does not parse.
+    """
+
+    url: str
+    mode: Mode = "open"
+    rate: float = 50.0
+    concurrency: int = 8
+    duration: float = 10.0
+    warmup: float = 2.0
+    budget_mix: str | None = None
+    task_mix: str | None = None
+    level: int | None = None
+    on_miss: protocol.OnMiss | None = None
+    seed: int = 0
+    timeout: float = 10.0
+    max_outstanding: int = 256
+    api_key: str | None = None
+    pool_size: int = 16
+    progress: bool = False
+    transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.mode in ("open", "closed"), f"mode must be open or closed, got {self.mode!r}"),
+            (self.rate > 0 and math.isfinite(self.rate), f"rate must be > 0, got {self.rate}"),
+            (self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}"),
+            (self.duration > 0, f"duration must be > 0 s, got {self.duration}"),
+            (self.warmup >= 0, f"warmup must be >= 0 s, got {self.warmup}"),
+            (self.timeout > 0, f"timeout must be > 0 s, got {self.timeout}"),
+            (
+                self.max_outstanding >= 1,
+                f"max_outstanding must be >= 1, got {self.max_outstanding}",
+            ),
+            (self.pool_size >= 1, f"pool_size must be >= 1, got {self.pool_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.budgets()
+        if self.task_mix is not None:
+            parse_mix(self.task_mix, what="task mix")
+
+    def budgets(self) -> Mix:
+        """The budget mix (``none`` alone when no budget mix is given)."""
+        if self.budget_mix is None:
+            return Mix.uniform(["none"])
+        return parse_mix(self.budget_mix, what="budget mix")
+
+
+@dataclass(frozen=True)
+class _Workload:
+    tasks: Mix
+    budgets: Mix
+    pools: dict[str, list[bytes]]
+    params: dict[str, dict[str, str]]  # budget-mix item -> query parameters
+
+
+async def _discover(http: httpx.AsyncClient, config: LoadTestConfig) -> _Workload:
+    """Learn the tasks and shapes from ``/v1/models``, build the input pools, and check
+    every budget against the server's own grammar with a dry-run ``/plan``."""
+    models = protocol.parse_models(await http.request(**protocol.models_call().request_kwargs()))
+    names = [t.name for t in models.tasks]
+    tasks = (
+        Mix.uniform(names)
+        if config.task_mix is None
+        else parse_mix(config.task_mix, what="task mix")
+    )
+    unknown = [t for t in tasks.items if t not in names]
+    if unknown:
+        raise ValueError(
+            f"task mix names {', '.join(unknown)}, which the server does not serve; "
+            f"it has {', '.join(names)}"
+        )
+    rng = np.random.default_rng(config.seed)
+    pools = {t: input_pool(models.task(t).input_shape, config.pool_size, rng) for t in tasks.items}
+    budgets = config.budgets()
+    params: dict[str, dict[str, str]] = {}
+    for item in budgets.items:
+        budget = budget_param(item)
+        if budget is not None:
+            response = await http.request(
+                **protocol.plan_call(tasks.items[0], budget).request_kwargs()
+            )
+            if response.status_code == 422:
+                error = protocol.error_from_response(response)
+                if error.type == "invalid_budget":
+                    raise ValueError(f"budget mix item {item!r}: {error.message}")
+        query = {"budget": budget, "level": config.level, "on_miss": config.on_miss}
+        params[item] = {k: str(v) for k, v in query.items() if v is not None}
+    return _Workload(tasks, budgets, pools, params)
+
+
+class _Run:
+    """One load test in progress: the request loop and the progress line."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, config: LoadTestConfig, workload: _Workload
+    ) -> None:
+        self.http = http
+        self.config = config
+        self.workload = workload
+        self.rng = random.Random(config.seed)
+        self.recorder = Recorder(highest_s=max(1.0, config.timeout * 1.5))
+        self.t0 = time.perf_counter()
+        self.measure_from = self.t0 + config.warmup
+        self.end = self.measure_from + config.duration
+
+    def _pick(self) -> tuple[str, str, bytes]:
+        task = self.workload.tasks.choose(self.rng)
+        budget = self.workload.budgets.choose(self.rng)
+        pool = self.workload.pools[task]
+        return task, budget, pool[self.rng.randrange(len(pool))]
+
+    async def _request(self, task: str, budget: str, body: bytes, start: float) -> None:
+        """Send one request whose clock started at ``start`` and record how it ended."""
+        measured = start >= self.measure_from
+        call = protocol.npy_infer_call(task, body, self.workload.params[budget])
+        level: int | None = None
+        met: bool | None = None
+        error_type: str | None = None
+        kind: Literal["ok", "error", "timeout"] = "ok"
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                response = await self.http.request(**call.request_kwargs())
+            result = protocol.parse_infer(response)
+            level, met = result.level, result.budget_met
+        except (TimeoutError, httpx.TimeoutException):
+            kind, error_type = "timeout", "timeout"
+        except httpx.TransportError:
+            kind, error_type = "error", "connection"
+        except DVNError as e:
+            kind, error_type = "error", e.type or f"http_{e.status}"
+        except Exception as e:  # every sent request must end in an outcome
+            kind, error_type = "error", f"client_{type(e).__name__}"
+        latency = time.perf_counter() - start
+        outcome = Outcome(
+            task, budget, start - self.measure_from, latency, kind, level, met, error_type
+        )
+        self.recorder.on_done(outcome, measured)
+
+    async def open_loop(self) -> None:
+        inflight: set[asyncio.Task[None]] = set()
+        arrival = self.t0
+        while True:
+            arrival += self.rng.expovariate(self.config.rate)
+            if arrival >= self.end:
+                break
+            task, budget, body = self._pick()
+            delay = arrival - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            measured = arrival >= self.measure_from
+            if len(inflight) >= self.config.max_outstanding:
+                self.recorder.on_not_sent(measured)
+                continue
+            self.recorder.on_sent(measured)
+            request = asyncio.create_task(self._request(task, budget, body, arrival))
+            inflight.add(request)
+            request.add_done_callback(inflight.discard)
+        await asyncio.gather(*inflight)
+
+    async def closed_loop(self) -> None:
+        async def worker() -> None:
+            while (start := time.perf_counter()) < self.end:
+                task, budget, body = self._pick()
+                self.recorder.on_sent(start >= self.measure_from)
+                await self._request(task, budget, body, start)
+
+        await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
+
+    async def progress(self) -> None:
+        """Rewrite one status line on stderr about twice a second."""
+        stream = sys.stderr
+        tty = stream.isatty()
+        last_t, last_sent, ticks = self.t0, 0, 0
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+            now, rec = time.perf_counter(), self.recorder
+            rate = (rec.live_sent - last_sent) / max(now - last_t, 1e-9)
+            last_t, last_sent, ticks = now, rec.live_sent, ticks + 1
+            p50 = rec.window_p50_ms()
+            phase = "warm-up " if now < self.measure_from else ""
+            line = (
+                f"[{phase}{now - self.t0:6.1f}s] sent {rec.live_sent}  ok {rec.live_ok}  "
+                f"errors {rec.live_failed}  rate {rate:7.1f}/s  "
+                f"p50 {'-' if p50 is None else f'{p50:.2f}ms'}"
+            )
+            if tty:
+                stream.write("\r\x1b[2K" + line)
+                stream.flush()
+            elif ticks % 10 == 0:
+                print(line, file=stream, flush=True)
+
+    async def run(self) -> None:
+        ticker = asyncio.create_task(self.progress()) if self.config.progress else None
+        try:
+            await (self.open_loop() if self.config.mode == "open" else self.closed_loop())
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+                if sys.stderr.isatty():
+                    sys.stderr.write("\n")
+
+
+def _describe(config: LoadTestConfig, workload: _Workload) -> dict[str, Any]:
+    described: dict[str, Any] = {"url": config.url, "mode": config.mode}
+    if config.mode == "open":
+        described |= {"rate": config.rate, "max_outstanding": config.max_outstanding}
+    else:
+        described["concurrency"] = config.concurrency
+    return described | {
+        "duration_s": config.duration,
+        "warmup_s": config.warmup,
+        "budget_mix": str(workload.budgets),
+        "task_mix": str(workload.tasks),
+        "level": config.level,
+        "on_miss": config.on_miss,
+        "seed": config.seed,
+        "timeout_s": config.timeout,
+    }
+
+
+async def arun_loadtest(config: LoadTestConfig) -> LoadReport:
+    """Run the load test ``config`` describes and return its report.
+
+    Raises:
+        ValueError: a task mix naming a task the server lacks, a budget the server's
+            grammar refuses. DVNError: ``GET /v1/models`` failed (server down, auth).
+    """
+    connections = config.max_outstanding if config.mode == "open" else config.concurrency
+    async with httpx.AsyncClient(
+        base_url=config.url,
+        headers=protocol.client_headers(config.api_key),
+        timeout=config.timeout,
+        transport=config.transport,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    ) as http:
+        try:
+            workload = await _discover(http, config)
+        except httpx.TransportError as e:
+            raise protocol.transport_error(e, protocol.models_call(), http.base_url) from e
+        run = _Run(http, config, workload)
+        await run.run()
+    return run.recorder.report(_describe(config, workload), config.duration)
+
+
+def run_loadtest(config: LoadTestConfig) -> LoadReport:
+    """:func:`arun_loadtest` in a fresh event loop (not from inside a running loop).
+
+    Raises:
+        As :func:`arun_loadtest`.
+    """
+    return asyncio.run(arun_loadtest(config))

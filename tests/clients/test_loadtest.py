@@ -1,0 +1,161 @@
+"""The load generator against an in-process fake server (httpx.MockTransport): every
+request accounted for, numbers computed from what the server answered."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from clients import errors
+from clients._plot import plot_report
+from clients.loadtest import LoadTestConfig, arun_loadtest, run_loadtest
+from tests.clients.fakes import FakeServer
+
+URL = "http://dvn.test"
+
+
+def config(fake: FakeServer, **kwargs: Any) -> LoadTestConfig:
+    defaults: dict[str, Any] = {"duration": 1.0, "warmup": 0.0, "seed": 1, "timeout": 0.25}
+    return LoadTestConfig(URL, transport=httpx.MockTransport(fake), **(defaults | kwargs))
+
+
+async def test_open_loop_accounts_for_every_request() -> None:
+    fake = FakeServer(slow_every=13, fail_every=10)
+    # A 0.6 s timeout: far above the fake's 3 ms on a busy machine, far below its 5 s.
+    mix = "5ms:0.5,20ms:0.3,1MiB:0.2"
+    report = await arun_loadtest(config(fake, rate=250, budget_mix=mix, timeout=0.6))
+    assert report.sent == fake.count and report.not_sent == 0 and report.warmup_sent == 0
+    assert report.sent == report.ok + report.errors + report.timeouts
+    assert 150 <= report.sent <= 350  # Poisson at 250/s for 1 s
+    assert (report.ok, report.errors, report.timeouts) == (
+        fake.intended["ok"],
+        fake.intended["queue_full"],
+        fake.intended["timeout"],
+    )
+    assert report.errors_by_type == {
+        k: v for k, v in (("queue_full", report.errors), ("timeout", report.timeouts)) if v
+    }
+    assert report.timeouts > 0 and report.errors > 0
+    # Level mix and budget attainment are what the server answered.
+    levels = {(t, lv): n for t, per in report.levels.items() for lv, n in per.items()}
+    assert levels == dict(fake.levels)
+    attained = report.budget_attainment
+    assert set(attained) == {"5ms", "20ms", "1MiB"}
+    assert attained["5ms"].met == 0 and attained["5ms"].rate == 0.0
+    assert attained["20ms"].met == attained["20ms"].ok == fake.budgets[("20ms", True)]
+    assert attained["1MiB"].rate == 1.0
+    assert sum(a.ok for a in attained.values()) == report.ok
+    assert sum(a.sent for a in attained.values()) == report.sent
+    # HDR percentiles of the ok requests: the fake takes 3 ms, nothing ok took 600 ms.
+    assert list(report.latency_ms) == ["p50", "p90", "p99", "p99.9", "max", "mean"]
+    lat = report.latency_ms
+    assert 3.0 <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"] < 600
+    assert report.offered_rate == pytest.approx(report.sent / 1.0)
+    assert report.achieved_rate == pytest.approx(report.ok / 1.0)
+
+
+async def test_warmup_requests_are_sent_but_not_reported() -> None:
+    fake = FakeServer()
+    report = await arun_loadtest(config(fake, rate=200, warmup=0.4, duration=0.6))
+    assert report.warmup_sent > 0 and report.sent > 0
+    assert fake.count == report.sent + report.warmup_sent
+    assert report.sent == report.ok
+    assert all(o.start >= 0 for o in report.outcomes)
+    assert report.budget_attainment == {}  # no budget mix: nothing to attain
+    assert (
+        sum(report.levels["digits"].values()) + sum(report.levels["shapes"].values()) == report.ok
+    )
+
+
+async def test_open_loop_caps_outstanding_and_counts_not_sent() -> None:
+    fake = FakeServer(latency=0.3)
+    report = await arun_loadtest(config(fake, rate=200, duration=0.6, max_outstanding=4, timeout=2))
+    assert fake.max_inflight <= 4
+    assert report.not_sent > 0
+    assert report.sent == fake.count == report.ok
+    assert report.offered_rate == pytest.approx((report.sent + report.not_sent) / 0.6)
+
+
+async def test_closed_loop_keeps_concurrency_workers_busy() -> None:
+    fake = FakeServer(latency=0.005)
+    report = await arun_loadtest(
+        config(fake, mode="closed", concurrency=3, warmup=0.2, duration=0.5, task_mix="shapes:1")
+    )
+    assert fake.max_inflight == 3
+    assert fake.count == report.sent + report.warmup_sent
+    assert report.sent == report.ok > 30
+    assert set(report.levels) == {"shapes"}
+    assert report.config["concurrency"] == 3 and "rate" not in report.config
+
+
+async def test_arrivals_are_reproducible_with_a_seed() -> None:
+    counts = []
+    for _ in range(2):
+        fake = FakeServer()
+        cfg = config(fake, rate=300, duration=0.4, seed=7, timeout=5, budget_mix="5ms:1,20ms:1")
+        report = await arun_loadtest(cfg)
+        counts.append((report.sent, dict(report.levels)))
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"task_mix": "digits:1,cats:1"},
+            "cats, which the server does not serve; it has digits, shapes",
+        ),
+        ({"budget_mix": "5xs:1"}, "budget mix item '5xs': budget '5xs': unknown unit 'xs'"),
+    ],
+)
+async def test_bad_mix_fails_before_any_request(kwargs: dict[str, Any], match: str) -> None:
+    fake = FakeServer()
+    with pytest.raises(ValueError, match=match):
+        await arun_loadtest(config(fake, rate=100, **kwargs))
+    assert fake.count == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rate": 0}, "rate must be > 0"),
+        ({"mode": "half-open"}, "mode must be open or closed"),
+        ({"budget_mix": "5ms:-1"}, "weight of '5ms' must be positive"),
+        ({"duration": 0}, "duration must be > 0"),
+    ],
+)
+def test_config_is_validated(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LoadTestConfig(URL, **kwargs)
+
+
+def test_server_down_is_a_connection_error() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    cfg = LoadTestConfig(URL, duration=0.1, transport=httpx.MockTransport(refuse))
+    with pytest.raises(
+        errors.ConnectionFailedError, match=re.escape("GET http://dvn.test/v1/models")
+    ):
+        run_loadtest(cfg)
+
+
+def test_report_json_and_plot(tmp_path: Path) -> None:
+    fake = FakeServer(fail_every=5)
+    report = run_loadtest(config(fake, rate=150, duration=0.6, budget_mix="5ms:1,none:1"))
+    data = json.loads(json.dumps(report.to_dict()))
+    totals = data["totals"]
+    assert totals["sent"] == totals["ok"] + totals["errors"] + totals["timeouts"] == fake.count
+    assert data["errors_by_type"] == {"queue_full": fake.intended["queue_full"]}
+    assert set(data["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max", "mean"}
+    assert data["budget_attainment"]["5ms"]["rate"] == 0.0
+    assert data["config"]["budget_mix"] == "5ms:1,none:1"
+    text = report.format_text()
+    assert "p99.9" in text and "queue_full" in text and "5ms" in text
+    png = plot_report(report, tmp_path / "lt.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
