@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model_store.arch import Backbone, DVNConfig
-from model_store.costs import LevelCost, level_costs, level_params
+from model_store.costs import LevelCost, dtype_size, level_costs, level_params
 from model_store.manifest import (
     FORMAT,
     FORMAT_VERSION,
@@ -225,6 +225,43 @@ def _check_shapes(model: DVN, tensors: dict[str, torch.Tensor], weights: Path) -
         )
 
 
+def _check_levels(model: DVN, manifest: Manifest) -> None:
+    """The manifest's level table must be the one the weights give: the server selects
+    levels by these units and costs."""
+    cfg = model.config
+    size = dtype_size(cfg.dtype)
+    edited = "the manifest was edited: re-export"
+    if manifest.num_units != cfg.num_units:
+        raise CheckpointError(
+            f"manifest says num_units {manifest.num_units} but its backbone has "
+            f"{cfg.num_units}; {edited}"
+        )
+    for t, entry in enumerate(manifest.tasks):
+        levels = [lv.level for lv in entry.levels]
+        if levels != list(range(1, cfg.num_levels + 1)):
+            raise CheckpointError(
+                f"manifest lists levels {levels} for task {entry.name!r} but the architecture "
+                f"has levels 1..{cfg.num_levels}; {edited}"
+            )
+        for lv in entry.levels:
+            where = f"manifest says task {entry.name!r} level {lv.level}"
+            units = list(cfg.unit_orders[t][: lv.level])
+            if lv.units != units:
+                raise CheckpointError(
+                    f"{where} holds units {lv.units} but its unit order gives {units}; {edited}"
+                )
+            actual = level_params(model, t, lv.level)
+            if actual != lv.params:
+                raise CheckpointError(
+                    f"{where} has {lv.params} params but the weights give {actual}; {edited}"
+                )
+            if lv.param_bytes != actual * size:
+                raise CheckpointError(
+                    f"{where} has {lv.param_bytes} param_bytes but the weights give "
+                    f"{actual * size}; {edited}"
+                )
+
+
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
     """Load and verify a checkpoint; the model is returned in eval mode on ``device``.
 
@@ -251,13 +288,6 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Ch
     model = DVN(config)
     _check_shapes(model, tensors, weights)
     model.load_state_dict(tensors, strict=True)
-    for t, entry in enumerate(manifest.tasks):
-        for lv in entry.levels:
-            actual = level_params(model, t, lv.level)
-            if actual != lv.params:
-                raise CheckpointError(
-                    f"manifest says task {entry.name!r} level {lv.level} has {lv.params} "
-                    f"params but the weights give {actual}; the manifest was edited: re-export"
-                )
+    _check_levels(model, manifest)
     model.to(device).eval()
     return Checkpoint(model=model, manifest=manifest, path=root)

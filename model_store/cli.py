@@ -74,19 +74,29 @@ def register(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from model_store.baseline import train_baselines
-    from model_store.presets import get_preset, load_config
+    from model_store.presets import TrainConfig, get_preset, load_config
     from model_store.report import format_levels
     from model_store.train import train
 
     config = get_preset(args.preset) if args.preset else load_config(args.config)
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     if overrides:
-        config = config.model_copy(update=overrides)
+        # Validated like the config itself (model_copy would not): --epochs 0 must not
+        # silently write an untrained checkpoint.
+        try:
+            config = TrainConfig.model_validate({**config.model_dump(), **overrides})
+        except ValidationError as e:
+            problems = "; ".join(
+                f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}" for err in e.errors()
+            )
+            raise ValueError(f"invalid option: {problems}") from e
     result = train(config, args.out, device=args.device, progress=not args.quiet)
     print(f"wrote {result.path} in {result.seconds:.0f} s")
     print(format_levels(result.manifest))
