@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
         "write the comparison (baseline.md, baseline.json, baseline.png) into --out",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: torch's; 1 on a busy machine)"
+    )
     p.set_defaults(handler=_train)
 
     p = sub.add_parser(
@@ -81,6 +84,10 @@ def _train(args: argparse.Namespace) -> int:
     from model_store.report import format_levels
     from model_store.train import train
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     config = get_preset(args.preset) if args.preset else load_config(args.config)
     overrides: dict[str, Any] = {}
     if args.epochs is not None:
