@@ -27,6 +27,9 @@ from server.errors import (
     ServeError,
 )
 from server.logs import SERVER, access, configure_logging
+from server.oip import health_router as oip_health_router
+from server.oip import protocol_error_shape
+from server.oip import router as oip_router
 from server.protocol import Status
 from server.routes import ERRORS
 from server.routes import router as v1_router
@@ -34,7 +37,7 @@ from server.runtime import ForwardWrapper, Runtime, get_runtime
 from server.settings import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-UNCOUNTED = ("/healthz", "/readyz", "/metrics")
+UNCOUNTED = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
 
 
 class RequestContext:
@@ -158,6 +161,10 @@ def ops_router(settings: Settings) -> APIRouter:
         runtime = get_runtime(request)
         if runtime.service is not None and runtime.service.draining:
             raise NotReady("the server is draining", retry_after_s=1)
+        if runtime.failed is not None:
+            raise NotReady(
+                f"warm-up failed ({runtime.failed}); see the server log", retry_after_s=1
+            )
         if not runtime.ready:
             raise NotReady("the server is warming up", retry_after_s=1)
         return {"status": "ready"}
@@ -207,12 +214,15 @@ def create_app(
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    protocol_error_shape(app)  # errors under /v2 in the protocol's {"error": "..."} shape
 
     def require_key(request: Request) -> None:
         check_key(request, settings.api_keys)
 
     guarded = [Depends(require_key)] if settings.api_keys else []
     app.include_router(v1_router, dependencies=guarded)
+    app.include_router(oip_router, dependencies=guarded)
+    app.include_router(oip_health_router, dependencies=guarded if settings.protect_health else [])
     app.include_router(ops_router(settings))
     app.add_middleware(RequestContext)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from server.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 JSON_TYPES = ("application/json",)
 NPY_TYPES = ("application/x-npy", "application/npy")
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
+NPY_MAGIC, NPZ_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 ACCEPTED = "application/json, application/x-npy, image/png or image/jpeg"
 
 
@@ -70,21 +72,40 @@ def _from_json(body: bytes) -> np.ndarray:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f'body is not valid JSON ({e}); send {{"inputs": [...]}}') from e
+    except RecursionError as e:  # thousands of nested brackets
+        raise InvalidInput(
+            'body is not valid JSON (nested too deeply); send {"inputs": [...]} with the '
+            "task's input shape"
+        ) from e
     if not isinstance(doc, dict) or "inputs" not in doc:
         raise InvalidInput('JSON body must be an object with an "inputs" field: {"inputs": [...]}')
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            array = np.asarray(doc["inputs"], dtype=np.float64)
+            # No dtype here: with one, numpy would parse "0.5" and take true as 1.
+            array = np.asarray(doc["inputs"])
     except (ValueError, TypeError) as e:
         raise InvalidInput(
             '"inputs" must be a number array (nested lists of equal length, numbers only); '
             f"it is ragged or holds non-numbers ({e})"
         ) from e
-    return array
+    if array.dtype.kind not in "iuf" and array.size > 0:
+        raise InvalidInput(
+            '"inputs" must be a number array (nested lists of equal length, numbers only); '
+            f"it holds non-numbers (strings, booleans or nulls: numpy dtype {array.dtype})"
+        )
+    return array.astype(np.float64)
 
 
 def _from_npy(body: bytes) -> np.ndarray:
+    if not body.startswith((NPY_MAGIC, NPZ_MAGIC)):
+        # Without this numpy would try the body as a pickle and say so: misleading.
+        raise InvalidInput(
+            "body is not a valid .npy array (it does not start with the .npy magic "
+            "'\\x93NUMPY'); send the bytes np.save writes"
+        )
+    if body.startswith(NPY_MAGIC):
+        _check_npy_header(body)
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except ValueError as e:
@@ -104,6 +125,35 @@ def _from_npy(body: bytes) -> np.ndarray:
             "model-space values; for raw pixels send a PNG or JPEG image"
         )
     return array
+
+
+def _check_npy_header(body: bytes) -> None:
+    """Refuse a .npy whose header cannot be read, holds objects, or declares more data than
+    the body holds: numpy would allocate all of it before finding out (a 100-byte body
+    could ask for terabytes)."""
+    fp = io.BytesIO(body)
+    try:
+        major, _ = np.lib.format.read_magic(fp)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(fp)
+    except Exception as e:  # ValueError, SyntaxError, tokenize.TokenError, ...
+        raise InvalidInput(f"body is not a valid .npy array (unreadable header: {e})") from e
+    if dtype.hasobject:
+        raise InvalidInput(
+            ".npy body holds Python objects, which would need unpickling: refused; "
+            "send a numeric array (np.save of a float32 array)"
+        )
+    declared, held = math.prod(shape) * dtype.itemsize, len(body) - fp.tell()
+    if declared > held:
+        raise InvalidInput(
+            f"body is not a valid .npy array (its header declares shape {tuple(shape)} of "
+            f"{dtype}, {declared} bytes, but the body holds {held}); send the whole np.save "
+            "output"
+        )
 
 
 def _from_image(body: bytes, fmt: str, spec: TaskSpec, max_pixels: int) -> np.ndarray:
@@ -147,6 +197,8 @@ def check_array(array: np.ndarray, spec: TaskSpec, *, max_examples: int) -> Inpu
     shape = spec.input_shape
     got = tuple(int(d) for d in array.shape)
     batched: bool
+    if got == (0,):  # JSON {"inputs": []}
+        raise InvalidInput("the batch is empty; send at least one example")
     if got == shape:
         batched, array = False, array[None]
     elif len(got) == 4 and got[1:] == shape:

@@ -16,13 +16,14 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
+            # Not "level": access lines carry the DVN level under that name.
+            "severity": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            doc.update(fields)
+            doc.update({k: v for k, v in fields.items() if k not in doc})  # never the base keys
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)

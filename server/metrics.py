@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
@@ -15,12 +22,16 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # dvn_requests_total{outcome}: ok (answered), invalid (the client's mistake, 4xx),
-# rejected (load shedding: 429/503/504), error (the server failed, 5xx).
-OUTCOMES = ("ok", "invalid", "rejected", "error")
+# rejected (load shedding: 429/503/504), error (the server failed, 5xx), cancelled (the
+# client went away before its answer; not computed if its batch had not started).
+OUTCOMES = ("ok", "invalid", "rejected", "error", "cancelled")
 
 
 class Metrics:
     def __init__(self) -> None:
+        # No *_created series: they double the series count and no dashboard reads them.
+        # (A process-wide switch in prometheus_client; setting it again is harmless.)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -128,11 +139,12 @@ class Metrics:
             self.budget.labels(task, kind, "met" if met else "missed").inc()
         del examples  # examples are counted per batch, in batch_done
 
-    def refused(self, *, task: str, level: int | None, outcome: str, latency_missed: bool) -> None:
-        """A request not answered: ``invalid``, ``rejected`` or ``error``."""
+    def refused(self, *, task: str, level: int | None, outcome: str, missed: str | None) -> None:
+        """A request not answered: ``invalid``, ``rejected``, ``error`` or ``cancelled``;
+        ``missed`` names the budget kind that refused it, if one did."""
         self.requests.labels(task, "none" if level is None else str(level), outcome).inc()
-        if latency_missed:
-            self.budget.labels(task, "latency", "missed").inc()
+        if missed is not None:
+            self.budget.labels(task, missed, "missed").inc()
 
     def batch_done(
         self, *, task: str, level: int, units: Iterable[int], examples: int, seconds: float

@@ -72,6 +72,7 @@ class PlanLevel(BaseModel):
     flops: int
     accuracy: float | None
     predicted_latency_ms: float
+    queue_wait_ms: float
     queue_depth: int
     fits_memory: bool
     fits_latency: bool

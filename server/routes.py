@@ -14,10 +14,11 @@ from server.decode import decode
 from server.encode import infer_body, infer_headers
 from server.errors import ALL_ERRORS, InvalidParameter, PayloadTooLarge, ServeError
 from server.export import archive_for
+from server.profile import predict_latency
 from server.protocol import ErrorBody, InferResponse, ModelsResponse, PlanResponse
 from server.runtime import Runtime, get_runtime, ready_service
 from server.selection import fits_latency, fits_memory, select_level
-from server.service import Answer, InferenceService
+from server.service import Answer, ClientDisconnected, InferenceService
 
 ServiceDep = Annotated[InferenceService, Depends(ready_service)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -151,6 +152,12 @@ async def infer(
         service.account(task, None, e, examples)
         log.update(outcome=e.type)
         raise
+    except ClientDisconnected:
+        # Routine (a client timeout): answered with nginx's 499, which nobody reads, instead
+        # of re-raised, which uvicorn logs as an error with a traceback.
+        service.account_cancelled(task)
+        log.update(outcome="client_disconnected")
+        return Response(status_code=499)
     except asyncio.CancelledError:
         log.update(outcome="client_disconnected")
         raise
@@ -190,7 +197,12 @@ async def plan(
     except ServeError as e:
         chosen["error"] = e.body()["error"]
     levels = []
+    state = service.queue_state()
     for lv, option in zip(entry.levels, options, strict=True):
+        # What runs before this level's forward: the running batch and every backlog.
+        wait_s = predict_latency(
+            service.profile, state, (entry.name, lv.level), 0, service.settings.max_batch_size
+        )
         levels.append(
             {
                 "level": lv.level,
@@ -200,6 +212,7 @@ async def plan(
                 "flops": lv.flops,
                 "accuracy": None if lv.accuracy is None else lv.accuracy.value,
                 "predicted_latency_ms": round(option.predicted_latency_s * 1e3, 3),
+                "queue_wait_ms": round(wait_s * 1e3, 3),
                 "queue_depth": service.batcher.depth((entry.name, lv.level)),
                 "fits_memory": fits_memory(option, parsed),
                 "fits_latency": fits_latency(option, parsed),

@@ -39,6 +39,7 @@ class Runtime:
     service: InferenceService | None = None
     ready: bool = False
     warmup: asyncio.Task[None] | None = None
+    failed: str | None = None  # why warm-up failed; the server then never turns ready
 
     async def start(self) -> None:
         """Load the checkpoint (unless given), build the service, start warm-up."""
@@ -93,9 +94,14 @@ class Runtime:
             if done == total or done % max(1, total // 4) == 0:
                 SERVER.info("warm-up progress", extra={"fields": {"done": done, "total": total}})
 
-        profile = await asyncio.to_thread(
-            service.executor.profile, levels, sizes, self.settings.profile_iters, progress
-        )
+        try:
+            profile = await asyncio.to_thread(
+                service.executor.profile, levels, sizes, self.settings.profile_iters, progress
+            )
+        except Exception as e:  # else it dies unseen in a task and /readyz says "warming up"
+            self.failed = f"{type(e).__name__}: {e}"
+            SERVER.exception("warm-up failed: the server will not turn ready")
+            return
         service.profile.table.update(profile.table)
         for (task, level), row in profile.table.items():
             service.metrics.predicted_latency.labels(task, str(level)).set(
@@ -134,6 +140,8 @@ def ready_service(request: Request) -> InferenceService:
     runtime = get_runtime(request)
     if runtime.service is not None and runtime.service.draining:
         raise NotReady("the server is shutting down; retry on another replica", retry_after_s=1)
+    if runtime.failed is not None:
+        raise NotReady(f"warm-up failed ({runtime.failed}); see the server log", retry_after_s=1)
     if not runtime.ready or runtime.service is None:
         raise NotReady(
             "the server is warming up (profiling every level); retry shortly", retry_after_s=1

@@ -19,6 +19,7 @@ from model_store.tasks import TaskSpec
 from server.batching import Batcher, BatchEvent, BatchResult, Pending
 from server.budget import Budget
 from server.errors import (
+    BudgetUnsatisfiable,
     DeadlineExceeded,
     DeadlineUnmeetable,
     InvalidParameter,
@@ -55,6 +56,11 @@ class Answer:
         if self.budget is None:
             return None
         return self.latency_met is not False and self.memory_met is not False
+
+
+class ClientDisconnected(asyncio.CancelledError):
+    """The client went away while its request waited: dropped uncomputed. A CancelledError,
+    so code that does not know it treats it as a cancellation."""
 
 
 @dataclass
@@ -307,7 +313,7 @@ class InferenceService:
         if not pending.future.done():
             pending.abandoned = True  # the batcher drops it uncomputed
             pending.future.cancel()
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnected("client disconnected")
         return pending.future.result()
 
     # -- accounting --------------------------------------------------------------------
@@ -332,10 +338,17 @@ class InferenceService:
             )
         elif error is not None:
             label = task if task in self.tasks else "unknown"
-            latency_missed = isinstance(error, DeadlineUnmeetable | DeadlineExceeded)
-            self.metrics.refused(
-                task=label, level=None, outcome=outcome_of(error), latency_missed=latency_missed
-            )
+            missed = None
+            if isinstance(error, DeadlineUnmeetable | DeadlineExceeded):
+                missed = "latency"
+            elif isinstance(error, BudgetUnsatisfiable):
+                missed = "memory"
+            self.metrics.refused(task=label, level=None, outcome=outcome_of(error), missed=missed)
+
+    def account_cancelled(self, task: str) -> None:
+        """Count a request whose client went away before its answer."""
+        label = task if task in self.tasks else "unknown"
+        self.metrics.refused(task=label, level=None, outcome="cancelled", missed=None)
 
     def _batch_done(self, event: BatchEvent) -> None:
         lv = str(event.level)
