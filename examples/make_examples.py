@@ -25,10 +25,12 @@ def main() -> None:
     np.save(HERE / "digits-batch.npy", x)
     prep = digits.spec.preprocessing
     pixels = (x[0, 0] * prep.std[0] + prep.mean[0]).clip(0, 1)  # back to [0, 1]
-    Image.fromarray((pixels * 255).round().astype(np.uint8), "L").resize((32, 32), Image.NEAREST).save(
-        HERE / "digit.png"
+    Image.fromarray((pixels * 255).round().astype(np.uint8), "L").resize(
+        (32, 32), Image.NEAREST
+    ).save(HERE / "digit.png")
+    print(
+        f"wrote digit.json, digit.npy, digit.png (label {y[0]}) and digits-batch.npy (labels {y.tolist()})"
     )
-    print(f"wrote digit.json, digit.npy, digit.png (label {y[0]}) and digits-batch.npy (labels {y.tolist()})")
 
 
 if __name__ == "__main__":
