@@ -130,6 +130,8 @@ def save(
         )
         manifest_tmp = Path(tmp) / MANIFEST
         manifest_tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+        for tmp_file in (weights_tmp, manifest_tmp):
+            tmp_file.chmod(0o644)  # temp files are 0600: a server user must read them
         os.replace(weights_tmp, out / WEIGHTS)
         os.replace(manifest_tmp, out / MANIFEST)
     return manifest
