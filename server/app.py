@@ -138,7 +138,7 @@ def ops_router(settings: Settings) -> APIRouter:
         if not protected or not settings.api_keys:
             return []
 
-        def require(request: Request) -> None:
+        async def require(request: Request) -> None:
             check_key(request, settings.api_keys)
 
         return [Depends(require)]
@@ -216,7 +216,7 @@ def create_app(
     install_error_handlers(app)
     protocol_error_shape(app)  # errors under /v2 in the protocol's {"error": "..."} shape
 
-    def require_key(request: Request) -> None:
+    async def require_key(request: Request) -> None:  # async: no worker-thread hop
         check_key(request, settings.api_keys)
 
     guarded = [Depends(require_key)] if settings.api_keys else []

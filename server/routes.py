@@ -16,12 +16,17 @@ from server.errors import ALL_ERRORS, InvalidParameter, PayloadTooLarge, ServeEr
 from server.export import archive_for
 from server.profile import predict_latency
 from server.protocol import ErrorBody, InferResponse, ModelsResponse, PlanResponse
-from server.runtime import Runtime, get_runtime, ready_service
+from server.runtime import ready_service
 from server.selection import fits_latency, fits_memory, select_level
 from server.service import Answer, ClientDisconnected, InferenceService
 
-ServiceDep = Annotated[InferenceService, Depends(ready_service)]
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+async def service_dependency(request: Request) -> InferenceService:
+    # async: FastAPI runs a plain-def dependency in a worker thread, a thread hop per request
+    return ready_service(request)
+
+
+ServiceDep = Annotated[InferenceService, Depends(service_dependency)]
 BudgetQuery = Annotated[
     str | None,
     Query(
