@@ -45,7 +45,9 @@ PRESETS: dict[str, TrainConfig] = {
         n_test=200,
     ),
     # The shipped demo checkpoint: 3 tasks, 4 units, 4 levels each, minutes on 2 CPU cores.
-    "demo": TrainConfig(name="demo", architecture="resnet-demo", epochs=30, n_test=2000),
+    "demo": TrainConfig(
+        name="demo", architecture="resnet-demo", epochs=16, n_train=8000, n_test=4000
+    ),
     # The paper's CIFAR-10 + CIFAR-100 setting (Table 1): WRN-32-4, 2 units, SGD with
     # Nesterov momentum, batch 128, from scratch. Needs the python batches on disk (under
     # data_dir) and a GPU to finish in hours rather than weeks.
