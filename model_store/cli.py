@@ -9,6 +9,7 @@ from typing import Any
 EXAMPLES_TRAIN = """examples:
   dvn train --preset demo --out model_store/checkpoints/demo
   dvn train --preset tiny --out /tmp/tiny --baseline
+  dvn train --preset demo --out model_store/checkpoints/demo --baseline-only
   dvn train --config my-tasks.toml --out runs/mine
   dvn train --preset cifar-j1 --data-dir ~/data --out runs/cifar   # needs CIFAR on disk, a GPU
 """
@@ -35,6 +36,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="also train a separate network of the same size for every (task, level) and "
         "write the comparison (baseline.md, baseline.json, baseline.png) into --out",
+    )
+    p.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="train only the separate networks, against the checkpoint already at --out",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -104,11 +110,12 @@ def _train(args: argparse.Namespace) -> int:
                 f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}" for err in e.errors()
             )
             raise ValueError(f"invalid option: {problems}") from e
-    result = train(config, args.out, device=args.device, progress=not args.quiet)
-    print(f"wrote {result.path} in {result.seconds:.0f} s")
-    print(format_levels(result.manifest))
-    if args.baseline:
-        report = train_baselines(result.path, config, device=args.device, progress=not args.quiet)
+    if not args.baseline_only:
+        result = train(config, args.out, device=args.device, progress=not args.quiet)
+        print(f"wrote {result.path} in {result.seconds:.0f} s")
+        print(format_levels(result.manifest))
+    if args.baseline or args.baseline_only:
+        report = train_baselines(args.out, config, device=args.device, progress=not args.quiet)
         print(report.read_text())
     return 0
 
