@@ -9,6 +9,13 @@ EXAMPLES = """examples:
   dvn bench levels                          # forward time per level vs FLOP ratio
   dvn bench levels --checkpoint runs/mine --out bench/results
   dvn bench serve --task shapes --duration 5    # overhead + throughput through HTTP
+  dvn bench peers --duration 5                  # vs LitServe and plain FastAPI, 1/16/64 clients
+  dvn bench memory                              # RSS of dvn serve vs bare torch and web stack
+  dvn bench budgets --points 6 --duration 5     # budget attainment vs load, three policies
+  dvn bench all --out bench/results             # everything, then docs/benchmarks.md
+  dvn bench all --duration 0.5 --clients 1 --points 2   # a quick smoke run
+
+Figures are only comparable from a quiet machine: nothing else running.
 """
 
 
@@ -35,6 +42,71 @@ def register(sub: Any) -> None:
     sv.add_argument("--duration", type=float, default=5.0, help="seconds per throughput point")
     sv.set_defaults(handler=_serve)
 
+    pe = which.add_parser("peers", help="dvn-serve vs LitServe vs plain FastAPI, same model")
+    _common_args(pe)
+    pe.add_argument("--task", default="shapes", help="task to serve (default: shapes)")
+    pe.add_argument("--levels", default="top,1", help="levels to compare (default: top,1)")
+    pe.add_argument("--clients", default="1,16,64", help="closed-loop clients per point")
+    pe.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
+    pe.set_defaults(handler=_peers)
+
+    me = which.add_parser("memory", help="server RSS vs bare torch, web stack and weights")
+    _common_args(me, duration_help="seconds of load before the second RSS reading")
+    me.add_argument("--clients", type=int, default=16, help="closed-loop clients of the load")
+    me.set_defaults(handler=_memory)
+
+    bu = which.add_parser("budgets", help="budget attainment and accuracy vs load, 3 policies")
+    _common_args(bu)
+    _budget_args(bu)
+    bu.add_argument("--min-load", type=float, default=0.1, help="lowest load (x top capacity)")
+    bu.add_argument("--max-load", type=float, default=1.5, help="highest load (x top capacity)")
+    bu.set_defaults(handler=_budgets)
+
+    al = which.add_parser("all", help="every benchmark, then docs/benchmarks.md")
+    _common_args(al)
+    _budget_args(al)
+    al.add_argument("--docs", default="docs/benchmarks.md", help="the page to write")
+    al.add_argument("--clients", default="1,16,64", help="closed-loop clients per point")
+    al.add_argument("--peer-levels", default="top,1", help="levels the peers are compared at")
+    al.add_argument("--repeats", type=int, default=30, help="timed forwards (levels)")
+    al.add_argument("--requests", type=int, default=200, help="sequential requests (serve)")
+    al.set_defaults(handler=_all)
+
+
+def _common_args(p: Any, duration_help: str = "seconds measured per point") -> None:
+    p.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    p.add_argument("--out", default="bench/results", help="where to write JSON, .md and .png")
+    p.add_argument("--duration", type=float, default=5.0, help=duration_help)
+
+
+def _budget_args(p: Any) -> None:
+    p.add_argument("--task", default="shapes", help="task to load (default: shapes)")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
+    p.add_argument("--points", type=int, default=6, help="load points (default 6)")
+    p.add_argument("--budget-mix", help="e.g. 5ms:0.4,10ms:0.3,25ms:0.3 (default: derived)")
+    p.add_argument(
+        "--profile-iters",
+        type=int,
+        default=5,
+        help="server's start-up profile: forwards per batch size (default 5)",
+    )
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(
+            f"expected comma-separated whole numbers, e.g. 1,16,64; got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise ValueError(f"expected numbers >= 1, e.g. 1,16,64; got {text!r}")
+    return values
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
 
 def _levels(args: argparse.Namespace) -> int:
     from bench.levels import run_levels
@@ -51,4 +123,67 @@ def _serve(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, task=args.task, requests=args.requests, duration=args.duration
     )
     print(report.read_text())
+    return 0
+
+
+def _peers(args: argparse.Namespace) -> int:
+    from bench.peers import run_peers
+
+    report = run_peers(
+        args.checkpoint,
+        args.out,
+        task=args.task,
+        levels=_words(args.levels),
+        concurrencies=_ints(args.clients),
+        duration=args.duration,
+        warmup=args.warmup,
+    )
+    print(report.read_text())
+    return 0
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from bench.memory import run_memory
+
+    report = run_memory(args.checkpoint, args.out, duration=args.duration, clients=args.clients)
+    print(report.read_text())
+    return 0
+
+
+def _budgets(args: argparse.Namespace) -> int:
+    from bench.budgets import run_budgets
+
+    report = run_budgets(
+        args.checkpoint,
+        args.out,
+        task=args.task,
+        duration=args.duration,
+        warmup=args.warmup,
+        points=args.points,
+        min_load=args.min_load,
+        max_load=args.max_load,
+        budget_mix=args.budget_mix,
+        profile_iters=args.profile_iters,
+    )
+    print(report.read_text())
+    return 0
+
+
+def _all(args: argparse.Namespace) -> int:
+    from bench.all import SuiteOptions, run_all
+
+    options = SuiteOptions(
+        task=args.task,
+        duration=args.duration,
+        warmup=args.warmup,
+        clients=_ints(args.clients),
+        peer_levels=_words(args.peer_levels),
+        points=args.points,
+        repeats=args.repeats,
+        requests=args.requests,
+        budget_mix=args.budget_mix,
+        profile_iters=args.profile_iters,
+    )
+    docs = run_all(args.checkpoint, args.out, docs=args.docs, options=options)
+    print(f"wrote {docs} and every part's JSON, markdown and plots under {args.out}")
     return 0
