@@ -109,6 +109,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     tasks = sorted({r["task"] for r in rows}, key=[r["task"] for r in rows].index)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
@@ -119,6 +120,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         if all(r["dvn_accuracy"] is not None for r in mine):
             ax.plot(params, [r["dvn_accuracy"] for r in mine], "o-", label="DVN levels")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short axis
         ax.set_title(task)
         ax.set_xlabel("parameters")
         ax.set_ylabel("held-out accuracy")
