@@ -107,9 +107,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.url.path}; see /docs for the API"))
         if exc.status_code == 405:
-            return error_response(
+            response = error_response(
                 MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
             )
+            # RFC 9110: a 405 lists the methods the resource takes (Starlette gives them).
+            if exc.headers and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         if exc.status_code == 413:
             return error_response(PayloadTooLarge(str(exc.detail)))
         return JSONResponse(

@@ -176,7 +176,13 @@ def _from_image(body: bytes, fmt: str, spec: TaskSpec, max_pixels: int) -> np.nd
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise PayloadTooLarge(f"image refused as a decompression bomb ({e})") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        # Pillow's message ends with the repr of our buffer (a memory address): leave it out.
+        raise InvalidInput(
+            f"body is not a readable {fmt} image (cannot identify image file); send the bytes "
+            f"of a {fmt} file"
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise InvalidInput(f"body is not a readable {fmt} image ({e})") from e
     converted = image.convert(prep.color_mode).resize(
         (prep.size[1], prep.size[0]), Image.Resampling.BILINEAR

@@ -39,6 +39,7 @@ class Runtime:
     service: InferenceService | None = None
     ready: bool = False
     warmup: asyncio.Task[None] | None = None
+    lag_watch: asyncio.Task[None] | None = None
     failed: str | None = None  # why warm-up failed; the server then never turns ready
 
     async def start(self) -> None:
@@ -71,6 +72,17 @@ class Runtime:
         )
         self.service.batcher.start()
         self.warmup = asyncio.create_task(self._warm_up(), name="dvn-warmup")
+        self.lag_watch = asyncio.create_task(self._watch_loop_lag(), name="dvn-loop-lag")
+
+    async def _watch_loop_lag(self, interval_s: float = 0.01) -> None:
+        """Keep ``service.loop_lag_s`` current: how much later than asked a sleep wakes."""
+        assert self.service is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval_s)
+            lag = max(0.0, loop.time() - start - interval_s)
+            self.service.loop_lag_s = 0.8 * self.service.loop_lag_s + 0.2 * lag
 
     async def _warm_up(self) -> None:
         assert self.service is not None and self.checkpoint is not None
@@ -116,6 +128,8 @@ class Runtime:
         """Drain: refuse new work, answer what was accepted, then stop the batcher."""
         if self.warmup is not None and not self.warmup.done():
             self.warmup.cancel()
+        if self.lag_watch is not None:
+            self.lag_watch.cancel()
         if self.service is None:
             return
         self.service.draining = True

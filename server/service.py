@@ -106,6 +106,9 @@ class InferenceService:
             t.numel() * t.element_size() for t in checkpoint.model.state_dict().values()
         )
         self.overhead_s = 0.0005  # non-forward time per request, kept current below
+        # How late the event loop runs its callbacks (kept current by Runtime): a busy loop
+        # delays every answer by about that much, outside any queue the batcher sees.
+        self.loop_lag_s = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
         self.batcher = Batcher(
@@ -171,7 +174,12 @@ class InferenceService:
         for lv in task.levels:
             key = (task.name, lv.level)
             predicted = predict_latency(
-                self.profile, state, key, examples, self.settings.max_batch_size, self.overhead_s
+                self.profile,
+                state,
+                key,
+                examples,
+                self.settings.max_batch_size,
+                self.overhead_s + self.loop_lag_s,
             )
             self.metrics.predicted_latency.labels(task.name, str(lv.level)).set(predicted)
             found.append(
