@@ -14,6 +14,8 @@ EXAMPLES = """examples:
   dvn bench budgets --points 6 --duration 5     # budget attainment vs load, three policies
   dvn bench all --out bench/results             # everything, then docs/benchmarks.md
   dvn bench all --duration 0.5 --clients 1 --points 2   # a quick smoke run
+  dvn bench soak                                # 100,000 requests: none lost, memory flat
+  dvn bench soak --requests 20000 --concurrency 8 --budget-mix "none:1,5ms:1"
 
 Figures are only comparable from a quiet machine: nothing else running.
 """
@@ -41,6 +43,21 @@ def register(sub: Any) -> None:
     sv.add_argument("--requests", type=int, default=200, help="sequential requests per level")
     sv.add_argument("--duration", type=float, default=5.0, help="seconds per throughput point")
     sv.set_defaults(handler=_serve)
+
+    sk = which.add_parser(
+        "soak", help="many requests against a real server: nothing lost, no 5xx, memory flat"
+    )
+    sk.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    sk.add_argument("--out", default="bench/results", help="where to write soak.json/.md")
+    sk.add_argument("--requests", type=int, default=100_000, help="requests to send (100000)")
+    sk.add_argument("--concurrency", type=int, default=32, help="closed-loop workers (32)")
+    sk.add_argument("--budget-mix", help="load generator budget mix (default: mixed kinds)")
+    sk.add_argument("--task-mix", help="load generator task mix (default: every task)")
+    sk.add_argument(
+        "--max-duration", type=float, default=3600.0, help="stop after this many seconds (3600)"
+    )
+    sk.add_argument("--quiet", action="store_true", help="no progress line")
+    sk.set_defaults(handler=_soak)
 
     pe = which.add_parser("peers", help="dvn-serve vs LitServe vs plain FastAPI, same model")
     _common_args(pe)
@@ -186,4 +203,23 @@ def _all(args: argparse.Namespace) -> int:
     )
     docs = run_all(args.checkpoint, args.out, docs=args.docs, options=options)
     print(f"wrote {docs} and every part's JSON, markdown and plots under {args.out}")
+    return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from bench.soak import DEFAULT_MIX, run_soak
+
+    if args.requests < 1 or args.concurrency < 1 or args.max_duration <= 0:
+        raise ValueError("--requests and --concurrency must be >= 1, --max-duration > 0")
+    report = run_soak(
+        args.checkpoint,
+        args.out,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        budget_mix=args.budget_mix or DEFAULT_MIX,
+        task_mix=args.task_mix,
+        max_duration=args.max_duration,
+        progress=not args.quiet,
+    )
+    print(report.read_text())
     return 0

@@ -36,6 +36,7 @@ EXAMPLES_LOADTEST = """examples:
   dvn loadtest http://127.0.0.1:8000 --rate 100 --duration 30
   dvn loadtest http://127.0.0.1:8000 --budget-mix "5ms:0.5,20ms:0.3,1MiB:0.2" --plot lt.png
   dvn loadtest http://127.0.0.1:8000 --mode closed --concurrency 16 --json lt.json
+  dvn loadtest http://127.0.0.1:8000 --mode closed --max-requests 20000 --duration 600
   dvn loadtest http://127.0.0.1:8000 --task-mix "digits:0.8,shapes:0.2" --level 1
 
 Mixes are ITEM:WEIGHT,... (weights need not sum to 1). A budget of two constraints is
@@ -92,6 +93,12 @@ def register(sub: Any) -> None:
     p.add_argument("--on-miss", choices=("degrade", "reject"))
     p.add_argument("--seed", type=int, default=0, help="arrivals, mixes and inputs (0)")
     p.add_argument("--timeout", type=float, default=10.0, help="per request, seconds (10)")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        metavar="N",
+        help="end the measured window once N requests were sent (default: --duration only)",
+    )
     p.add_argument(
         "--max-outstanding", type=int, default=256, help="open loop: in-flight cap (256)"
     )
@@ -206,6 +213,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout=args.timeout,
         max_outstanding=args.max_outstanding,
+        max_requests=args.max_requests,
         api_key=_api_key(args),
         progress=not args.quiet,
         transport=_transport(),

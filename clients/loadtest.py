@@ -10,6 +10,8 @@ its arrival time however slow the responses are, and its latency is measured fro
 arrival time (no coordinated omission); arrivals finding
 ``max_outstanding`` requests in flight are dropped and counted as ``not_sent``. Closed
 loop: ``concurrency`` workers each send a request, wait for it, and send the next.
+``max_requests`` ends the measured window early, once that many requests were sent in it
+(a soak of a fixed size); rates are then per second of the window it took.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class LoadTestConfig:
     max_outstanding: int = 256
     api_key: str | None = None
     pool_size: int = 16
+    max_requests: int | None = None
     progress: bool = False
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
 
@@ -76,6 +79,10 @@ class LoadTestConfig:
                 f"max_outstanding must be >= 1, got {self.max_outstanding}",
             ),
             (self.pool_size >= 1, f"pool_size must be >= 1, got {self.pool_size}"),
+            (
+                self.max_requests is None or self.max_requests >= 1,
+                f"max_requests must be >= 1, got {self.max_requests}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -148,6 +155,22 @@ class _Run:
         self.t0 = time.perf_counter()
         self.measure_from = self.t0 + config.warmup
         self.end = self.measure_from + config.duration
+        self.capped_at: float | None = None  # when max_requests were sent
+
+    def _capped(self, now: float) -> bool:
+        """Whether ``max_requests`` measured requests were sent (noting when, once)."""
+        cap = self.config.max_requests
+        if cap is None or now < self.measure_from or self.recorder.sent < cap:
+            return False
+        if self.capped_at is None:
+            self.capped_at = now
+        return True
+
+    def window_s(self) -> float:
+        """Seconds of the measured window: the duration, or less when capped."""
+        if self.capped_at is None:
+            return self.config.duration
+        return max(self.capped_at - self.measure_from, 1e-9)
 
     def _pick(self) -> tuple[str, str, bytes]:
         task = self.workload.tasks.choose(self.rng)
@@ -187,7 +210,7 @@ class _Run:
         arrival = self.t0
         while True:
             arrival += self.rng.expovariate(self.config.rate)
-            if arrival >= self.end:
+            if arrival >= self.end or self._capped(arrival):
                 break
             task, budget, body = self._pick()
             delay = arrival - time.perf_counter()
@@ -205,10 +228,13 @@ class _Run:
 
     async def closed_loop(self) -> None:
         async def worker() -> None:
-            while (start := time.perf_counter()) < self.end:
+            while (start := time.perf_counter()) < self.end and not self._capped(start):
                 task, budget, body = self._pick()
                 self.recorder.on_sent(start >= self.measure_from)
                 await self._request(task, budget, body, start)
+                # Let other tasks run: against an in-process app an instant answer (a 429)
+                # never suspends, and the workers would starve the server's own tasks.
+                await asyncio.sleep(0)
 
         await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
 
@@ -254,6 +280,8 @@ def _describe(config: LoadTestConfig, workload: _Workload) -> dict[str, Any]:
         described |= {"rate": config.rate, "max_outstanding": config.max_outstanding}
     else:
         described["concurrency"] = config.concurrency
+    if config.max_requests is not None:
+        described["max_requests"] = config.max_requests
     return described | {
         "duration_s": config.duration,
         "warmup_s": config.warmup,
@@ -287,7 +315,7 @@ async def arun_loadtest(config: LoadTestConfig) -> LoadReport:
             raise protocol.transport_error(e, protocol.models_call(), http.base_url) from e
         run = _Run(http, config, workload)
         await run.run()
-    return run.recorder.report(_describe(config, workload), config.duration)
+    return run.recorder.report(_describe(config, workload), run.window_s())
 
 
 def run_loadtest(config: LoadTestConfig) -> LoadReport:

@@ -142,6 +142,20 @@ def test_loadtest_writes_report_json_and_plot(
     assert (tmp_path / "r.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_loadtest_max_requests(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = FakeServer()
+    monkeypatch.setattr(clients.cli, "_transport", lambda: httpx.MockTransport(server))
+    argv = ["loadtest", "http://dvn.test", "--mode", "closed", "--max-requests", "25"]
+    argv += ["--duration", "60", "--warmup", "0", "--quiet", "--json", str(tmp_path / "r.json")]
+    assert run(argv) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["totals"]["sent"] == server.count == 25
+    assert report["config"]["max_requests"] == 25
+    assert report["duration_s"] < 60
+
+
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("infer", "loadtest"):
         with pytest.raises(SystemExit):

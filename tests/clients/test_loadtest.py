@@ -93,6 +93,38 @@ async def test_closed_loop_keeps_concurrency_workers_busy() -> None:
     assert report.config["concurrency"] == 3 and "rate" not in report.config
 
 
+@pytest.mark.parametrize(
+    ("mode", "warmup"), [("closed", 0.0), ("closed", 0.2), ("open", 0.0), ("open", 0.2)]
+)
+async def test_max_requests_ends_the_measured_window_at_that_count(
+    mode: str, warmup: float
+) -> None:
+    fake = FakeServer(latency=0.002)
+    report = await arun_loadtest(
+        config(
+            fake, mode=mode, concurrency=4, rate=1000, warmup=warmup, duration=30,
+            max_requests=57, timeout=5,
+        )
+    )  # fmt: skip
+    # Exactly that many measured, each answered; warm-up requests on top, not counted.
+    assert report.sent == 57 == report.ok + report.errors + report.timeouts
+    assert fake.count == report.sent + report.warmup_sent
+    assert (report.warmup_sent > 0) == (warmup > 0)
+    # The window is the time it took, far short of the 30 s duration; rates are per it.
+    assert 0 < report.duration_s < 5
+    assert report.achieved_rate == pytest.approx(report.ok / report.duration_s)
+    assert report.config["max_requests"] == 57
+
+
+async def test_duration_still_bounds_a_max_requests_run() -> None:
+    fake = FakeServer(latency=0.01)
+    report = await arun_loadtest(
+        config(fake, mode="closed", concurrency=2, duration=0.3, max_requests=10**6)
+    )
+    assert 0 < report.sent < 10**6
+    assert report.duration_s == 0.3
+
+
 async def test_arrivals_are_reproducible_with_a_seed() -> None:
     counts = []
     for _ in range(2):
@@ -127,6 +159,7 @@ async def test_bad_mix_fails_before_any_request(kwargs: dict[str, Any], match: s
         ({"mode": "half-open"}, "mode must be open or closed"),
         ({"budget_mix": "5ms:-1"}, "weight of '5ms' must be positive"),
         ({"duration": 0}, "duration must be > 0"),
+        ({"max_requests": 0}, "max_requests must be >= 1, got 0"),
     ],
 )
 def test_config_is_validated(kwargs: dict[str, Any], match: str) -> None:

@@ -251,6 +251,55 @@ async def test_deadline_rechecked_when_the_batch_forms(serve: ServeFactory) -> N
     assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 1  # fmt: skip
 
 
+async def test_the_deadline_is_checked_per_request_of_a_batch(
+    serve: ServeFactory, reference: Checkpoint
+) -> None:
+    """One queue holding requests out of time (on_miss=reject), in time, and without a
+    budget: the batch that forms computes exactly the ones that can still be answered."""
+    recorder = Recorder({BLOCK: "block"})
+    client = await serve(forward_wrapper=recorder)
+    late_xs = [example("digits", 60 + i, mark=MARK) for i in range(2)]
+    kept = [  # (query, input): no budget, and a budget it can still meet
+        ("", example("digits", 62)),
+        ("?budget=30s&on_miss=reject", example("digits", 63)),
+        ("", example("digits", 64)),
+    ]
+    try:
+        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
+        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
+        await asyncio.sleep(0.1)  # past the running forward's predicted end
+        late = [post(client, "digits", x, "?budget=250ms&on_miss=reject") for x in late_xs[:1]]
+        await queued(client, "digits", 4, 1)
+        kept_calls = [post(client, "digits", kept[0][1], kept[0][0])]
+        await queued(client, "digits", 4, 2)
+        late.append(post(client, "digits", late_xs[1], "?budget=250ms&on_miss=reject"))
+        await queued(client, "digits", 4, 3)
+        kept_calls += [post(client, "digits", x, q) for q, x in kept[1:]]
+        await queued(client, "digits", 4, 5)
+        recorder.clear()
+        await asyncio.sleep(0.3)  # the 250 ms deadlines pass while they wait
+    finally:
+        recorder.release.set()
+    assert (await running).status_code == 200
+    for call in late:
+        status, kind, message = error_of(await call)
+        assert (status, kind) == (504, "deadline_exceeded")
+        assert OVERDUE.fullmatch(message), message
+    for (query, x), call in zip(kept, kept_calls, strict=True):
+        r = await call
+        assert r.status_code == 200, (query, r.text)
+        assert r.json()["level"] == 4
+        check_answer(reference, r.json(), x[None])
+    # One batch at level 4, of the three kept requests in arrival order; no late one in it.
+    assert [(t, lv) for t, lv, _ in recorder.batches] == [(DIGITS, 4)]
+    np.testing.assert_array_equal(recorder.batches[0][2], np.stack([x for _, x in kept]))
+    assert recorder.seen(holds(MARK)) == []
+    samples = await metrics(client)
+    assert sample(samples, "dvn_batch_size_sum", task="digits", level="4") == 3
+    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 2
+    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="met") == 1
+
+
 async def test_overdue_request_degrades_to_the_smallest_level(
     serve: ServeFactory, reference: Checkpoint
 ) -> None:
