@@ -14,7 +14,6 @@ the same way under ``/v2``.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib.metadata
 import inspect
@@ -55,7 +54,7 @@ from server.oip_protocol import (
 )
 from server.routes import read_body, wait_disconnect
 from server.runtime import get_runtime, ready_service
-from server.service import Answer, ClientDisconnected, InferenceService
+from server.service import ClientDisconnected, InferenceService
 
 SERVER_NAME = "dvn-serve"
 ERROR_TYPE_HEADER = "X-DVN-Error-Type"
@@ -266,12 +265,10 @@ async def _infer(request: Request, task: str, version: str | None) -> Response:
         log.update(outcome=e.type)
         return oip_error_response(e)
     settings = service.settings
-    answer: Answer | None = None
-    examples = 0
     request_id: str | None = None
     names: list[str] = []
     try:
-        with service.admitted() as ticket:
+        with service.handling(task, log) as handling:
             entry = find_model(service, task, version)
             if "inference-header-content-length" in request.headers:
                 raise InvalidInput(BINARY_UNSUPPORTED)
@@ -286,34 +283,23 @@ async def _infer(request: Request, task: str, version: str | None) -> Response:
             spec = service.spec(task)
             array, pixels = input_array(infer_request, task)
             inputs = check_array(array, spec, max_examples=settings.max_request_batch)
-            examples = inputs.examples
-            answer = await service.infer(
+            handling.examples = inputs.examples
+            answer = handling.answer = await service.infer(
                 entry,
                 normalise_pixels(inputs.array, spec) if pixels else inputs.array,
                 budget=budget,
                 level=params.level,
                 on_miss=params.on_miss,
                 arrival=arrival,
-                ticket=ticket,
+                ticket=handling.ticket,
                 disconnected=lambda: wait_disconnect(request),
             )
     except ServeError as e:
-        service.account(task, None, e, examples)
-        log.update(outcome=e.type)
         return oip_error_response(e)
     except ClientDisconnected:
         # As /infer: routine (a client timeout), answered with nginx's 499, which nobody
         # reads, rather than re-raised and logged by uvicorn as an error.
-        service.account_cancelled(task)
-        log.update(outcome="client_disconnected")
         return Response(status_code=499)
-    except asyncio.CancelledError:
-        log.update(outcome="client_disconnected")
-        raise
-    service.account(task, answer, None, examples)
-    log.update(
-        level=answer.level, outcome="ok", selection=answer.reason, budget_met=answer.budget_met
-    )
     doc = inference_response(answer, service.manifest.version, request_id, names)
     return JSONResponse(doc, headers=infer_headers(answer))
 

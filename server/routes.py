@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Any, Literal
 
@@ -18,7 +17,7 @@ from server.profile import predict_latency
 from server.protocol import ErrorBody, InferResponse, ModelsResponse, PlanResponse
 from server.runtime import ready_service
 from server.selection import fits_latency, fits_memory, select_level
-from server.service import Answer, ClientDisconnected, InferenceService
+from server.service import ClientDisconnected, InferenceService
 
 
 async def service_dependency(request: Request) -> InferenceService:
@@ -126,10 +125,8 @@ async def infer(
     log: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
     log.update(task=task, budget=budget)
     settings = service.settings
-    answer: Answer | None = None
-    examples = 0
     try:
-        with service.admitted() as ticket:
+        with service.handling(task, log) as handling:
             entry = service.task(task)
             parsed = parse_budget(budget)
             service.check_level(entry, level)
@@ -142,34 +139,21 @@ async def infer(
                 max_examples=settings.max_request_batch,
                 max_image_pixels=settings.max_image_pixels,
             )
-            examples = inputs.examples
-            answer = await service.infer(
+            handling.examples = inputs.examples
+            answer = handling.answer = await service.infer(
                 entry,
                 inputs.array,
                 budget=parsed,
                 level=level,
                 on_miss=on_miss,
                 arrival=arrival,
-                ticket=ticket,
+                ticket=handling.ticket,
                 disconnected=lambda: wait_disconnect(request),
             )
-    except ServeError as e:
-        service.account(task, None, e, examples)
-        log.update(outcome=e.type)
-        raise
     except ClientDisconnected:
         # Routine (a client timeout): answered with nginx's 499, which nobody reads, instead
         # of re-raised, which uvicorn logs as an error with a traceback.
-        service.account_cancelled(task)
-        log.update(outcome="client_disconnected")
         return Response(status_code=499)
-    except asyncio.CancelledError:
-        log.update(outcome="client_disconnected")
-        raise
-    service.account(task, answer, None, examples)
-    log.update(
-        level=answer.level, outcome="ok", selection=answer.reason, budget_met=answer.budget_met
-    )
     body_doc = infer_body(answer, service.manifest, request.scope["state"]["request_id"], top_k)
     return JSONResponse(body_doc, headers=infer_headers(answer))
 

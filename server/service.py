@@ -70,6 +70,16 @@ class Ticket:
     queued: bool = False
 
 
+@dataclass
+class Handling:
+    """One request as a front end handles it: what :meth:`InferenceService.handling` needs
+    to account for it. The front end sets ``examples`` once decoded and ``answer``."""
+
+    ticket: Ticket
+    examples: int = 0
+    answer: Answer | None = None
+
+
 def outcome_of(error: ServeError) -> str:
     """Metrics outcome of an error: the client's mistake, load shedding, or ours."""
     if error.status >= 500 and error.status not in (503, 504):
@@ -229,6 +239,41 @@ class InferenceService:
             self.metrics.inflight.set(self.inflight)
             if self.inflight == 0:
                 self._idle.set()
+
+    @contextlib.contextmanager
+    def handling(self, task: str, log: dict[str, Any]) -> Iterator[Handling]:
+        """Admit a request (see :meth:`admitted`) and, however it ends, count it in the
+        metrics and note its outcome in ``log`` (the access line): the one accounting path
+        of every front end. Exceptions pass through.
+
+        Raises:
+            NotReady: the server is draining.
+        """
+        handling: Handling | None = None
+        try:
+            with self.admitted() as ticket:
+                handling = Handling(ticket)
+                yield handling
+        except ServeError as e:
+            self.account(task, None, e, handling.examples if handling is not None else 0)
+            log.update(outcome=e.type)
+            raise
+        except ClientDisconnected:
+            self.account_cancelled(task)
+            log.update(outcome="client_disconnected")
+            raise
+        except asyncio.CancelledError:
+            log.update(outcome="client_disconnected")
+            raise
+        answer = handling.answer if handling is not None else None
+        if answer is not None:
+            self.account(task, answer, None, handling.examples)
+            log.update(
+                level=answer.level,
+                outcome="ok",
+                selection=answer.reason,
+                budget_met=answer.budget_met,
+            )
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False on timeout."""
