@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from model_store.manifest import Manifest
-from server.service import Answer
+from server.outcome import Answer
 
 
 def predictions(answer: Answer, top_k: int | None) -> list[dict[str, Any]]:

@@ -52,9 +52,10 @@ from server.oip_protocol import (
     ServerMetadata,
     ServerReady,
 )
+from server.outcome import ClientDisconnected
 from server.routes import read_body, wait_disconnect
 from server.runtime import get_runtime, ready_service
-from server.service import ClientDisconnected, InferenceService
+from server.service import InferenceService
 
 SERVER_NAME = "dvn-serve"
 ERROR_TYPE_HEADER = "X-DVN-Error-Type"

@@ -36,8 +36,8 @@ from server.oip_protocol import (
     PROBABILITIES,
     InferenceRequest,
 )
+from server.outcome import Answer
 from server.selection import OnMiss
-from server.service import Answer
 
 
 # -- requests ------------------------------------------------------------------------------

@@ -13,11 +13,12 @@ from server.decode import decode
 from server.encode import infer_body, infer_headers
 from server.errors import ALL_ERRORS, InvalidParameter, PayloadTooLarge, ServeError
 from server.export import archive_for
+from server.outcome import ClientDisconnected
 from server.profile import predict_latency
 from server.protocol import ErrorBody, InferResponse, ModelsResponse, PlanResponse
 from server.runtime import ready_service
 from server.selection import fits_latency, fits_memory, select_level
-from server.service import ClientDisconnected, InferenceService
+from server.service import InferenceService
 
 
 async def service_dependency(request: Request) -> InferenceService:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,64 +28,10 @@ from server.errors import (
 )
 from server.executor import Executor
 from server.metrics import Metrics
+from server.outcome import Answer, ClientDisconnected, Handling, Ticket, outcome_of
 from server.profile import LatencyProfile, QueueState, predict_latency
 from server.selection import LevelOption, OnMiss, Selection, select_level
 from server.settings import Settings
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A request's result, ready for either front end to encode."""
-
-    task: TaskEntry
-    level: int
-    units: list[int]
-    reason: str
-    probabilities: np.ndarray  # (examples, classes)
-    budget: Budget | None
-    latency_met: bool | None
-    memory_met: bool | None
-    predicted_latency_s: float
-    measured_latency_s: float
-    queue_wait_s: float
-    compute_s: float
-
-    @property
-    def budget_met(self) -> bool | None:
-        if self.budget is None:
-            return None
-        return self.latency_met is not False and self.memory_met is not False
-
-
-class ClientDisconnected(asyncio.CancelledError):
-    """The client went away while its request waited: dropped uncomputed. A CancelledError,
-    so code that does not know it treats it as a cancellation."""
-
-
-@dataclass
-class Ticket:
-    """One admitted request; ``queued`` once it reached a level queue."""
-
-    queued: bool = False
-
-
-@dataclass
-class Handling:
-    """One request as a front end handles it: what :meth:`InferenceService.handling` needs
-    to account for it. The front end sets ``examples`` once decoded and ``answer``."""
-
-    ticket: Ticket
-    examples: int = 0
-    answer: Answer | None = None
-
-
-def outcome_of(error: ServeError) -> str:
-    """Metrics outcome of an error: the client's mistake, load shedding, or ours."""
-    if error.status >= 500 and error.status not in (503, 504):
-        return "error"
-    if error.status in (429, 503, 504):
-        return "rejected"
-    return "invalid"
 
 
 class InferenceService:
