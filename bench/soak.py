@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench._common import machine_line, write_report
 from bench._process import ServerProcess, dvn_serve
+from clients._wire import WireTransport
 from clients.loadtest import LoadTestConfig, run_loadtest
 
 DEFAULT_MIX = "none:0.3,5ms:0.2,50ms:0.2,200KiB:0.2,20ms+1MiB:0.1"
@@ -31,11 +32,11 @@ MIB = 2**20
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
-    """A real HTTP transport that counts (status, Retry-After) of every ``/infer`` answer."""
+    """The load generator's light HTTP transport, counting (status, Retry-After) of every
+    ``/infer`` answer."""
 
     def __init__(self, connections: int) -> None:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self.inner = httpx.AsyncHTTPTransport(limits=limits)
+        self.inner = WireTransport(max_connections=connections)
         self.seen: Counter[tuple[int, str | None]] = Counter()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -102,6 +102,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-outstanding", type=int, default=256, help="open loop: in-flight cap (256)"
     )
+    p.add_argument(
+        "--http-client",
+        choices=("wire", "httpx"),
+        default="wire",
+        help="HTTP/1.1 client: wire, light, for http:// (default), or httpx's own (https://)",
+    )
     p.add_argument("--api-key", help=f"bearer token (default: ${API_KEY_ENV})")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--plot", metavar="FILE", help="also write a figure (PNG)")
@@ -216,6 +222,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         api_key=_api_key(args),
         progress=not args.quiet,
+        http_client=args.http_client,
         transport=_transport(),
     )
     try:

@@ -12,6 +12,11 @@ arrival time (no coordinated omission); arrivals finding
 loop: ``concurrency`` workers each send a request, wait for it, and send the next.
 ``max_requests`` ends the measured window early, once that many requests were sent in it
 (a soak of a fixed size); rates are then per second of the window it took.
+
+HTTP: ``http_client="wire"`` (the default) sends ``http://`` requests through the light
+transport of ``clients/_wire.py``, which costs well under a millisecond of CPU a request
+where httpx's own transport costs several (docs/benchmarks.md); ``"httpx"`` uses httpx's
+own, and ``https://`` URLs always do. An injected ``transport`` overrides both.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import numpy as np
 
 from clients import _protocol as protocol
 from clients._report import LoadReport, Outcome, Recorder
+from clients._wire import WireTransport
 from clients._workload import Mix, budget_param, input_pool, parse_mix
 from clients.errors import DVNError
 
 Mode = Literal["open", "closed"]
+HttpClient = Literal["wire", "httpx"]
 PROGRESS_INTERVAL_S = 0.5
 
 
@@ -64,6 +71,7 @@ class LoadTestConfig:
     pool_size: int = 16
     max_requests: int | None = None
     progress: bool = False
+    http_client: HttpClient = "wire"
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +88,10 @@ class LoadTestConfig:
             ),
             (self.pool_size >= 1, f"pool_size must be >= 1, got {self.pool_size}"),
             (
+                self.http_client in ("wire", "httpx"),
+                f"http_client must be wire or httpx, got {self.http_client!r}",
+            ),
+            (
                 self.max_requests is None or self.max_requests >= 1,
                 f"max_requests must be >= 1, got {self.max_requests}",
             ),
@@ -90,6 +102,19 @@ class LoadTestConfig:
         self.budgets()
         if self.task_mix is not None:
             parse_mix(self.task_mix, what="task mix")
+
+    def connections(self) -> int:
+        """Connections to open at most: one per request that may be in flight."""
+        return self.max_outstanding if self.mode == "open" else self.concurrency
+
+    def make_transport(self) -> httpx.AsyncBaseTransport | None:
+        """The injected transport, else the light one for an ``http://`` URL when
+        ``http_client`` is ``wire``; ``None`` means httpx's own."""
+        if self.transport is not None:
+            return self.transport
+        if self.http_client == "wire" and httpx.URL(self.url).scheme == "http":
+            return WireTransport(max_connections=self.connections())
+        return None
 
     def budgets(self) -> Mix:
         """The budget mix (``none`` alone when no budget mix is given)."""
@@ -301,12 +326,12 @@ async def arun_loadtest(config: LoadTestConfig) -> LoadReport:
         ValueError: a task mix naming a task the server lacks, a budget the server's
             grammar refuses. DVNError: ``GET /v1/models`` failed (server down, auth).
     """
-    connections = config.max_outstanding if config.mode == "open" else config.concurrency
+    connections = config.connections()
     async with httpx.AsyncClient(
         base_url=config.url,
         headers=protocol.client_headers(config.api_key),
         timeout=config.timeout,
-        transport=config.transport,
+        transport=config.make_transport(),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
     ) as http:
         try:
