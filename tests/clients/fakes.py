@@ -268,7 +268,7 @@ class FakeServer:
         try:
             if self.slow_every and n % self.slow_every == 0:
                 self.intended["timeout"] += 1
-                await asyncio.sleep(5)
+                await asyncio.sleep(30)
             await asyncio.sleep(self.latency)
         finally:
             self.inflight -= 1
