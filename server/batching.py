@@ -6,9 +6,10 @@ One queue per (task, level); one scheduler loop feeds the single executor, servi
 queue whose head has waited longest. A batch closes at ``max_batch_size`` examples, at
 ``max_batch_delay`` after its head arrived, or at once when no other request is on its
 way in (waiting then would only add latency). At dequeue every request with a latency
-deadline is re-checked: one that its level can no longer answer in time moves to the
-largest smaller level that can (``on_miss=degrade``; level 1 when none can) or fails with
-504 (``on_miss=reject``); a request whose client went away is dropped uncomputed.
+deadline is re-checked: one whose deadline has passed is never computed (504); one that its
+level can no longer answer in time moves to the largest smaller level that can
+(``on_miss=degrade``; level 1 when none can) or fails with 504 (``on_miss=reject``); a
+request whose client went away is dropped uncomputed.
 """
 
 from __future__ import annotations
@@ -184,26 +185,39 @@ class Batcher:
         return batch
 
     def _triage(self, pending: Pending, batch_examples: int, now: float) -> bool:
-        """Keep ``pending`` in this batch if its deadline allows; otherwise move or fail it."""
+        """Keep ``pending`` in this batch if its deadline allows; otherwise move or fail it.
+
+        Nothing is computed once its deadline has passed, whatever ``on_miss`` says (the
+        answer could only arrive late): 504. Before that, a request its level is predicted
+        to answer too late fails with 504 under ``reject`` and moves to the largest smaller
+        level predicted in time (else level 1) under ``degrade``; a pinned level stays."""
         if pending.deadline is None:
             return True
+        if now >= pending.deadline:
+            late_ms = (now - pending.deadline) * 1e3
+            pending.future.set_exception(
+                DeadlineExceeded(
+                    f"the latency budget of this task {pending.task!r} request ran out "
+                    f"{late_ms:.1f} ms ago while it was queued; not computed (nothing is "
+                    "computed after its deadline): retry with a larger budget, or none"
+                )
+            )
+            return False
         expected = self.profile.forward_s(pending.key, batch_examples)
         if now + expected <= pending.deadline:
             return True
-        if pending.on_miss == "reject" or pending.reason == "pinned":
-            if pending.on_miss == "reject":
-                late = (now - pending.deadline) * 1e3
-                when = f"{late:.1f} ms ago" if late > 0 else "before it could be computed"
-                pending.future.set_exception(
-                    DeadlineExceeded(
-                        f"the latency budget of this task {pending.task!r} request ran out "
-                        f"{when} while it was queued; not computed (on_miss=reject)"
-                    )
+        if pending.on_miss == "reject":
+            left_ms = (pending.deadline - now) * 1e3
+            pending.future.set_exception(
+                DeadlineExceeded(
+                    f"the latency budget of this task {pending.task!r} request has "
+                    f"{left_ms:.1f} ms left, and level {pending.level} is predicted to take "
+                    f"{expected * 1e3:.1f} ms; not computed (on_miss=reject)"
                 )
-                return False
-            return True  # pinned with degrade: serve the pinned level, reported missed
-        if pending.level == 1:
-            return True  # degrade: nothing smaller to move to; serve it, reported missed
+            )
+            return False
+        if pending.reason == "pinned" or pending.level == 1:
+            return True  # degrade with nothing to move to: served, reported missed if late
         target = 1
         for level in range(pending.level - 1, 0, -1):
             if (

@@ -33,6 +33,9 @@ def register(sub: Any) -> None:
         "--max-batch-delay-ms", type=float, help="longest wait to fill a batch (default 2)"
     )
     p.add_argument("--max-queue-size", type=int, help="requests per level queue (default 256)")
+    p.add_argument(
+        "--max-inflight", type=int, help="inference requests handled at once (default 512)"
+    )
     p.add_argument("--drain-timeout-s", type=float, help="longest drain on SIGTERM (default 30)")
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -57,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         max_queue_size=args.max_queue_size,
+        max_inflight=args.max_inflight,
         drain_timeout_s=args.drain_timeout_s,
         log_json=args.log_json,
         log_level=args.log_level,

@@ -16,6 +16,7 @@ Hierarchy (status in brackets)::
     ├── BudgetUnsatisfiable [422]     memory budget below the smallest level
     ├── InvalidParameter [422]        level, on_miss, top_k
     ├── QueueFull [429]               with Retry-After
+    ├── ServerBusy [429]              max_inflight requests already handled; Retry-After
     ├── InferenceFailed [500]         the batch failed; only its requests
     ├── DeadlineUnmeetable [503]      latency budget no level meets, on_miss=reject; Retry-After
     ├── NotReady [503]                warming up or draining; Retry-After
@@ -97,6 +98,10 @@ class QueueFull(ServeError):
     status, type = 429, "queue_full"
 
 
+class ServerBusy(ServeError):
+    status, type = 429, "server_busy"
+
+
 class InferenceFailed(ServeError):
     status, type = 500, "inference_failed"
 
@@ -126,6 +131,7 @@ ALL_ERRORS: tuple[type[ServeError], ...] = (
     BudgetUnsatisfiable,
     InvalidParameter,
     QueueFull,
+    ServerBusy,
     InferenceFailed,
     DeadlineUnmeetable,
     NotReady,

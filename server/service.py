@@ -24,6 +24,7 @@ from server.errors import (
     InvalidParameter,
     NotReady,
     ServeError,
+    ServerBusy,
     UnknownTask,
 )
 from server.executor import Executor
@@ -163,13 +164,24 @@ class InferenceService:
     # -- admission -----------------------------------------------------------------------
     @contextlib.contextmanager
     def admitted(self) -> Iterator[Ticket]:
-        """Count a request in for as long as it is handled; refuse it while draining.
+        """Count a request in for as long as it is handled; refuse it while draining or
+        when ``max_inflight`` requests are already being handled.
 
         Raises:
             NotReady: the server is draining.
+            ServerBusy: ``max_inflight`` requests in flight.
         """
         if self.draining:
             raise NotReady("the server is shutting down; retry on another replica", retry_after_s=1)
+        limit = self.settings.max_inflight
+        if self.inflight >= limit:
+            # Before the body is read: a request past the bound costs no memory for it.
+            raise ServerBusy(
+                f"the server is already handling {self.inflight} inference requests, its "
+                f"limit (DVN_MAX_INFLIGHT={limit}); retry after Retry-After, or on another "
+                "replica",
+                retry_after_s=1,
+            )
         ticket = Ticket()
         self.inflight += 1
         self.arriving += 1
@@ -193,6 +205,7 @@ class InferenceService:
 
         Raises:
             NotReady: the server is draining.
+            ServerBusy: ``max_inflight`` requests in flight.
         """
         handling: Handling | None = None
         try:

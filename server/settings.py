@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="examples per forward")
     max_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
     max_queue_size: int = Field(default=256, ge=1, description="requests per (task, level) queue")
+    max_inflight: int = Field(
+        default=512,
+        ge=1,
+        description="inference requests handled at once; past it 429 before the body is read",
+    )
     max_request_batch: int = Field(default=64, ge=1, description="examples in one request")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=16_000_000, ge=1)

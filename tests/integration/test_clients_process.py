@@ -23,6 +23,8 @@ from server.settings import demo_checkpoint
 from tests.server.helpers import parse_metrics
 
 DEMO = demo_checkpoint()
+# 5 ms is often missed on this box: a late answer (met false) or, when the deadline passed
+# while the request was queued, 504 deadline_exceeded (never computed). Nothing else fails.
 MIX = "5ms:0.5,200KiB:0.3,none:0.2"
 TASKS = ("digits", "shapes", "textures")
 
@@ -103,17 +105,20 @@ def run_loadtest(server: ServerProcess, out: Path, *extra: str) -> tuple[dict[st
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(out.read_text())
     totals = report["totals"]
-    # every request that was sent ended exactly once; nothing failed on an idle 256-deep queue
+    # every request that was sent ended exactly once; nothing failed on an idle 256-deep
+    # queue but 5 ms requests whose deadline passed in it
     assert totals["sent"] == totals["ok"] + totals["errors"] + totals["timeouts"]
     assert totals["sent"] > 0
-    assert (totals["errors"], totals["timeouts"], totals["not_sent"]) == (0, 0, 0)
-    assert report["errors_by_type"] == {}
+    assert (totals["timeouts"], totals["not_sent"]) == (0, 0)
+    assert report["errors_by_type"] == ({"deadline_exceeded": totals["errors"]} if totals["errors"] else {})  # fmt: skip
     assert set(report["levels"]) == set(TASKS)
     assert sum(n for levels in report["levels"].values() for n in levels.values()) == totals["ok"]
     attainment = report["budget_attainment"]
     assert set(attainment) == {"5ms", "200KiB"}  # requests without a budget have none
+    assert attainment["5ms"]["sent"] == attainment["5ms"]["ok"] + totals["errors"]
+    assert attainment["200KiB"]["sent"] == attainment["200KiB"]["ok"]
     for a in attainment.values():
-        assert a["sent"] == a["ok"] > 0
+        assert a["ok"] > 0
         assert 0 <= a["met"] <= a["ok"]
         assert a["rate"] == a["met"] / a["ok"]
         assert 0.0 <= a["rate"] <= 1.0
@@ -146,17 +151,20 @@ def test_loadtest_report_agrees_with_the_servers_counters(
 
     # every request sent, measured or warm-up, was counted once by the server ...
     assert sum(delta["requests"].values()) == sent + warmup
-    # ... and every one succeeded, so ok + warm-up is the server's ok increase
-    assert by(delta["requests"], 2) == Counter({("ok",): totals["ok"] + warmup})
-    assert totals["ok"] == sent
+    # ... answered, or refused past its deadline (measured ones as the report says)
+    outcomes = by(delta["requests"], 2)
+    assert set(outcomes) <= {("ok",), ("rejected",)}
+    assert totals["ok"] <= outcomes[("ok",)] <= totals["ok"] + warmup
+    assert totals["errors"] <= outcomes[("rejected",)] <= totals["errors"] + warmup
+    answered = outcomes[("ok",)]
 
     # levels: the server chose a level for each answered request, warm-up included
     selected = by(delta["selected"], 0, 1)
-    assert sum(selected.values()) == totals["ok"] + warmup
-    assert by(delta["requests"], 0, 1) == selected
+    assert sum(selected.values()) == answered
+    assert by({k: v for k, v in delta["requests"].items() if k[2] == "ok"}, 0, 1) == selected
     reported = report_levels(report)
     assert all(reported[k] <= selected[k] for k in reported | selected)
-    assert sum((selected - reported).values()) == warmup
+    assert sum((selected - reported).values()) == answered - totals["ok"]
 
     # budget outcomes: one constraint per budgeted request, so at least the measured ones
     budget = by(delta["budget"], 1, 2)
@@ -164,12 +172,16 @@ def test_loadtest_report_agrees_with_the_servers_counters(
     assert budget[("memory", "missed")] == 0
     assert budget[("memory", "met")] >= attainment["200KiB"]["met"]
     assert budget[("latency", "met")] >= attainment["5ms"]["met"]
-    assert budget[("latency", "missed")] >= attainment["5ms"]["ok"] - attainment["5ms"]["met"]
-    with_budget = sum(a["ok"] for a in attainment.values())
+    late = attainment["5ms"]["ok"] - attainment["5ms"]["met"]
+    assert budget[("latency", "missed")] >= late + totals["errors"]
+    with_budget = sum(a["sent"] for a in attainment.values())  # a 504 counts as missed
     assert with_budget <= sum(budget.values()) <= with_budget + warmup
 
     # the text report says the same, and the figure is a PNG
-    assert f"requests    sent {sent}  ok {totals['ok']}  errors 0  timeouts 0" in stdout
+    assert (
+        f"requests    sent {sent}  ok {totals['ok']}  errors {totals['errors']}  timeouts 0"
+        in stdout
+    )
     assert f"(warm-up: {warmup} more, not counted)" in stdout
     png = tmp_path / "lt.png"
     assert f"wrote {png}" in stdout
@@ -189,8 +201,10 @@ def test_loadtest_without_warmup_matches_level_and_budget_counters_exactly(
     delta = increase(before, scrape(server))
     totals = report["totals"]
     assert totals["warmup_sent"] == 0
-    assert sum(delta["requests"].values()) == totals["sent"] == totals["ok"]
-    assert by(delta["requests"], 2) == Counter({("ok",): totals["ok"]})
+    assert sum(delta["requests"].values()) == totals["sent"]
+    assert by(delta["requests"], 2) == +Counter(
+        {("ok",): totals["ok"], ("rejected",): totals["errors"]}
+    )
 
     reported = report_levels(report)
     assert by(delta["selected"], 0, 1) == reported
@@ -199,7 +213,7 @@ def test_loadtest_without_warmup_matches_level_and_budget_counters_exactly(
     reasons = by(delta["selected"], 2)
     no_budget = totals["sent"] - sum(a["sent"] for a in attainment.values())
     assert reasons[("default",)] == no_budget
-    assert reasons[("budget",)] + reasons[("degraded",)] == totals["sent"] - no_budget
+    assert reasons[("budget",)] + reasons[("degraded",)] == totals["ok"] - no_budget
     assert set(reasons) <= {("default",), ("budget",), ("degraded",)}
 
     # each budget of the mix has one constraint, so each answered budgeted request adds
@@ -208,7 +222,10 @@ def test_loadtest_without_warmup_matches_level_and_budget_counters_exactly(
     assert budget == +Counter(
         {
             ("latency", "met"): attainment["5ms"]["met"],
-            ("latency", "missed"): attainment["5ms"]["ok"] - attainment["5ms"]["met"],
+            # a late answer, or a 504: its deadline passed before it was computed
+            ("latency", "missed"): attainment["5ms"]["ok"]
+            - attainment["5ms"]["met"]
+            + totals["errors"],
             ("memory", "met"): attainment["200KiB"]["met"],
         }
     )

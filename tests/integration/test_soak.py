@@ -13,9 +13,11 @@ from bench.soak import soak
 REQUESTS = 20_000
 CONCURRENCY = 8  # what this 2-core box answers fastest; more only queues in the client
 # Every kind of budget, each met by some level of both tiny tasks: no budget (level 4);
-# latency only (5 ms is often missed on this box: degraded, never refused); memory only
-# (2 KiB: level 1, 6 KiB: level 2); both (level 3).
-MIX = "none:0.25,5ms:0.15,50ms:0.15,2KiB:0.15,6KiB:0.15,20ms+13000B:0.15"
+# latency only; memory only (2 KiB: level 1, 6 KiB: level 2); both (level 3). The latency
+# budgets are ones this box always meets at this concurrency: a budget that runs out while
+# its request is queued is a 504 by contract (never computed late), which this test, about
+# losing nothing, must not count on either way (tests/integration/test_deadlines.py does).
+MIX = "none:0.25,2s:0.15,500ms:0.15,2KiB:0.15,6KiB:0.15,1s+13000B:0.15"
 ENV = {"DVN_TORCH_THREADS": "1", "DVN_LOG_LEVEL": "warning"}  # no access line per request
 RSS_GROWTH_LIMIT_MIB = 50.0
 

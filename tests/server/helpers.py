@@ -3,9 +3,10 @@ the Prometheus text parser."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -146,3 +147,18 @@ def sample(samples: Samples, name: str, **labels: str) -> float | None:
 def series(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Every sample called ``name`` (labels -> value)."""
     return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+@contextlib.contextmanager
+def predicted(client: Any, task: str, levels: Iterable[int], seconds: float) -> Iterator[None]:
+    """While inside, the server's latency profile predicts ``seconds`` per forward at
+    ``levels`` of ``task`` (whatever the batch size); restored on leaving."""
+    table = client.app.state.runtime.service.profile.table
+    saved = {k: dict(v) for k, v in table.items()}
+    for level in levels:
+        table[(task, level)] = dict.fromkeys(table[(task, level)], seconds)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)

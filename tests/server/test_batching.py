@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -25,6 +25,7 @@ from tests.server.helpers import (
     example,
     holds,
     parse_metrics,
+    predicted,
     sample,
     series,
 )
@@ -222,9 +223,71 @@ async def test_bounded_queues_degrade_then_refuse(
     assert sample(samples, "dvn_queue_depth", task="digits", level="1") == 0
 
 
+class CountingBody:
+    """A streamed request body that counts the chunks the server pulled."""
+
+    def __init__(self, data: bytes, chunk: int = 64) -> None:
+        self.data, self.chunk, self.pulled = data, chunk, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(0, len(self.data), self.chunk):
+            self.pulled += 1
+            yield self.data[i : i + self.chunk]
+
+
+BUSY = (
+    "the server is already handling 2 inference requests, its limit (DVN_MAX_INFLIGHT=2); "
+    "retry after Retry-After, or on another replica"
+)
+
+
+async def test_inflight_bound_refuses_before_reading_the_body(serve: ServeFactory) -> None:
+    """``max_inflight`` requests in flight (one computing, one queued): the next one, on
+    either front end, is 429 ``server_busy`` with ``Retry-After`` without a byte of its body
+    read, counted as rejected; once they are answered, requests are served again."""
+    recorder = Recorder({BLOCK: "block"})
+    client = await serve(forward_wrapper=recorder, max_inflight=2)
+    x = example("digits", 45)
+    body = json.dumps({"inputs": x.tolist()}).encode()
+    oip_body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                     "data": x.ravel().tolist()}]}
+    ).encode()  # fmt: skip
+    try:
+        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
+        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
+        waiting = post(client, "digits", x, "?level=2")
+        await queued(client, "digits", 2, 1)
+        streams = [CountingBody(body), CountingBody(oip_body)]
+        v1 = await client.post(
+            "/infer/digits", content=streams[0], headers={"content-type": "application/json"}
+        )
+        v2 = await client.post(
+            "/v2/models/digits/infer",
+            content=streams[1],
+            headers={"content-type": "application/json"},
+        )
+    finally:
+        recorder.release.set()
+    assert error_of(v1) == (429, "server_busy", BUSY)
+    assert (v2.status_code, v2.json()) == (429, {"error": BUSY})
+    assert v2.headers["x-dvn-error-type"] == "server_busy"
+    assert v1.headers["retry-after"] == v2.headers["retry-after"] == "1"
+    assert [s.pulled for s in streams] == [0, 0]
+    assert (await running).status_code == (await waiting).status_code == 200
+    read = CountingBody(body)  # the same body, admitted now: read and answered
+    again = await client.post("/infer/digits", content=read, headers={"content-type": "application/json"})  # fmt: skip
+    assert again.status_code == 200, again.text
+    assert read.pulled == len(streams[0].data) // 64 + 1
+    samples = await metrics(client)
+    assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 2  # fmt: skip
+    assert sample(samples, "dvn_inflight_requests") == 0
+
+
 OVERDUE = re.compile(
     r"the latency budget of this task 'digits' request ran out \d+\.\d ms ago while it was "
-    r"queued; not computed \(on_miss=reject\)"
+    r"queued; not computed \(nothing is computed after its deadline\): retry with a larger "
+    r"budget, or none"
 )
 
 
@@ -300,50 +363,92 @@ async def test_the_deadline_is_checked_per_request_of_a_batch(
     assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="met") == 1
 
 
-async def test_overdue_request_degrades_to_the_smallest_level(
+@pytest.mark.parametrize("query", ["?budget=250ms", "?level=3&budget=250ms"])
+async def test_overdue_request_is_never_computed_even_with_degrade(
+    serve: ServeFactory, query: str
+) -> None:
+    """Its deadline passed while it waited: an answer now could only be late, so it is not
+    computed at any level (504), degrade or pinned alike."""
+    recorder = Recorder({BLOCK: "block"})
+    client = await serve(forward_wrapper=recorder)
+    try:
+        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=2")
+        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
+        await asyncio.sleep(0.1)  # past the running forward's predicted end
+        late = post(client, "digits", example("digits", 41, mark=MARK), query)
+        await wait_until(lambda: batcher(client).total_queued() == 1, 10, "queued")
+        await asyncio.sleep(0.3)  # the deadline passes while it waits
+    finally:
+        recorder.release.set()
+    status, kind, message = error_of(await late)
+    assert (status, kind) == (504, "deadline_exceeded")
+    assert OVERDUE.fullmatch(message), message
+    assert recorder.seen(holds(MARK)) == []
+    assert (await running).status_code == 200
+    samples = await metrics(client)
+    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 1
+    assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 1  # fmt: skip
+
+
+async def test_request_its_level_cannot_make_in_time_degrades_before_the_deadline(
     serve: ServeFactory, reference: Checkpoint
+) -> None:
+    """Queued at level 4, which is then predicted too slow for the time left: moved to the
+    largest smaller level predicted in time, computed there (once), budget met."""
+    recorder = Recorder({BLOCK: "block"})
+    client = await serve(forward_wrapper=recorder)
+    x = example("digits", 43, mark=MARK)
+    try:
+        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
+        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
+        pending = post(client, "digits", x, "?budget=20s")
+        await queued(client, "digits", 4, 1)
+    finally:
+        with predicted(client, "digits", range(3, 5), 60.0):  # levels 3, 4: a minute each
+            recorder.release.set()
+            r = await pending
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert (doc["level"], doc["selection"], doc["budget"]["met"]) == (2, "degraded", True)
+    check_answer(reference, doc, x[None])
+    assert recorder.seen(holds(MARK)) == [(DIGITS, 2)]  # computed once, at level 2
+    assert (await running).status_code == 200
+    samples = await metrics(client)
+    assert sample(samples, "dvn_level_selected_total", task="digits", level="2", reason="degraded") == 1  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "level"),
+    [("?level=3&budget=20s", 200, 3), ("?budget=20s&on_miss=reject", 504, None)],
+)
+async def test_predicted_late_before_the_deadline_pinned_is_served_reject_is_not(
+    serve: ServeFactory, query: str, status: int, level: int | None
 ) -> None:
     recorder = Recorder({BLOCK: "block"})
     client = await serve(forward_wrapper=recorder)
-    late_x = example("digits", 41, mark=MARK)
+    queued_at = 3 if "level=3" in query else 4
     try:
-        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=2")
+        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
         await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        await asyncio.sleep(0.1)
-        late = post(client, "digits", late_x, "?budget=250ms")
-        await wait_until(lambda: batcher(client).total_queued() == 1, 10, "queued")
-        await asyncio.sleep(0.3)
+        pending = post(client, "digits", example("digits", 44, mark=MARK), query)
+        await queued(client, "digits", queued_at, 1)
     finally:
-        recorder.release.set()
-    r = await late
-    assert r.status_code == 200
-    doc = r.json()
-    assert (doc["level"], doc["selection"]) == (1, "degraded")
-    assert (doc["budget"]["met"], doc["budget"]["latency_met"]) == (False, False)
-    assert r.headers["x-dvn-budget-met"] == "false"
-    check_answer(reference, doc, late_x[None])
-    # Computed once, at level 1, never at the level it was queued at.
-    assert recorder.seen(holds(MARK)) == [(DIGITS, 1)]
-    assert (await running).status_code == 200
-    samples = await metrics(client)
-    assert sample(samples, "dvn_level_selected_total", task="digits", level="1", reason="degraded") == 1  # fmt: skip
-    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 1
-
-
-async def test_overdue_pinned_request_is_served_at_its_level(serve: ServeFactory) -> None:
-    recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
-    try:
-        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=2")
-        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        late = post(client, "digits", example("digits", 42, mark=MARK), "?level=3&budget=250ms")
-        await queued(client, "digits", 3, 1)
-        await asyncio.sleep(0.3)
-    finally:
-        recorder.release.set()
-    doc = (await late).json()
-    assert (doc["level"], doc["selection"], doc["budget"]["met"]) == (3, "pinned", False)
-    assert recorder.seen(holds(MARK)) == [(DIGITS, 3)]
+        with predicted(client, "digits", range(1, 5), 60.0):  # no level in time
+            recorder.release.set()
+            r = await pending
+    assert r.status_code == status, r.text
+    if level is not None:  # pinned with degrade: its level, reported as it turned out
+        assert (r.json()["level"], r.json()["selection"]) == (level, "pinned")
+        assert recorder.seen(holds(MARK)) == [(DIGITS, level)]
+    else:
+        _, kind, message = error_of(r)
+        assert kind == "deadline_exceeded"
+        assert re.fullmatch(
+            r"the latency budget of this task 'digits' request has \d+\.\d ms left, and "
+            r"level 4 is predicted to take 60000\.0 ms; not computed \(on_miss=reject\)",
+            message,
+        ), message
+        assert recorder.seen(holds(MARK)) == []
     assert (await running).status_code == 200
 
 

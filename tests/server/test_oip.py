@@ -26,6 +26,7 @@ from server import oip
 from server.auth import check_key
 from server.executor import ForwardFn
 from tests.conftest import AppClient, ServeFactory, wait_until
+from tests.server.helpers import predicted
 
 INFER = "/v2/models/{task}/infer"
 SHAPES = {"digits": (1, 8, 8), "shapes": (3, 16, 16)}
@@ -307,11 +308,19 @@ async def test_memory_budget_picks_the_level_v1_picks(
 
 async def test_latency_budget_and_on_miss(client: AppClient) -> None:
     x = example("digits", 2)
-    body: dict[str, Any] = {"inputs": [tensor(x)], "parameters": {"budget": "1us"}}
-    r = await client.post(INFER.format(task="digits"), json=body)
+    # No level predicted in 5 s: degrade serves the smallest (which turns out in time).
+    body: dict[str, Any] = {"inputs": [tensor(x)], "parameters": {"budget": "5s"}}
+    with predicted(client, "digits", range(1, 5), 60.0):
+        r = await client.post(INFER.format(task="digits"), json=body)
     assert r.status_code == 200, r.text
     params = r.json()["parameters"]
-    assert (params["level"], params["selection"], params["budget_met"]) == (1, "degraded", False)
+    assert (params["level"], params["selection"], params["budget_met"]) == (1, "degraded", True)
+    # A microsecond: passed before any batch forms, so never computed (504)...
+    body["parameters"] = {"budget": "1us"}
+    r = await client.post(INFER.format(task="digits"), json=body)
+    status, kind, message = oip_error(r)
+    assert (status, kind) == (504, "deadline_exceeded")
+    # ... and refused at once with on_miss=reject, since no level is predicted in time.
     body["parameters"]["on_miss"] = "reject"
     r = await client.post(INFER.format(task="digits"), json=body)
     status, kind, message = oip_error(r)
@@ -319,7 +328,7 @@ async def test_latency_budget_and_on_miss(client: AppClient) -> None:
     assert message.startswith("no level of task 'digits' can answer within 0.001 ms now")
     assert int(r.headers["retry-after"]) >= 1
     # A pinned level is served even when it misses the budget, and says so.
-    body["parameters"] = {"budget": "1us", "level": 3, "on_miss": "degrade"}
+    body["parameters"] = {"budget": "1B", "level": 3, "on_miss": "degrade"}
     r = await client.post(INFER.format(task="digits"), json=body)
     params = r.json()["parameters"]
     assert (params["level"], params["selection"], params["budget_met"]) == (3, "pinned", False)
