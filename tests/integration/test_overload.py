@@ -1,11 +1,14 @@
-"""Overload against a real ``dvn serve``: measure the capacity (closed loop), offer ten
-times that (open loop), and check that the server sheds the excess (429 ``queue_full`` with
-``Retry-After``, or a smaller level where the budget allows), answers every request it
-accepted, keeps its memory bounded and is back to its normal latency right after.
+"""Overload against a real ``dvn serve``: measure the capacity (closed loop), send ten
+times that (open loop), and check that the server sheds the excess (429 ``queue_full`` or
+``server_busy`` with ``Retry-After``, or a smaller level where the budget allows), answers
+every request it accepted, keeps its memory bounded and is back to its normal latency right
+after.
 
-Small queues (``DVN_MAX_QUEUE_SIZE`` 8, ``DVN_MAX_BATCH_SIZE`` 4) on the slow-forward
-checkpoint (see conftest.py: with the tiny one the load generator, not the server, is the
-bottleneck on this box).
+Small queues (``DVN_MAX_QUEUE_SIZE`` 8, ``DVN_MAX_BATCH_SIZE`` 2) and a small in-flight
+bound (``DVN_MAX_INFLIGHT`` 24, below the 32 the queues hold) on the slow-forward
+checkpoint (see conftest.py: with the tiny one the server's forward costs less than the
+HTTP handling, so the queues never fill). The load generator's light transport
+(clients/_wire.py) sends ten times the capacity from the same two cores.
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ from tests.server.helpers import npy_bytes
 
 ENV = {
     "DVN_MAX_QUEUE_SIZE": "8",
-    "DVN_MAX_BATCH_SIZE": "4",
+    "DVN_MAX_BATCH_SIZE": "2",
+    "DVN_MAX_INFLIGHT": "24",
     "DVN_TORCH_THREADS": "1",
     "DVN_LOG_LEVEL": "warning",  # no access line per request: CPU the load generator needs
 }
 CAPACITY_S = 2.0
 OVERLOAD_S = 4.0
 OVERLOAD_FACTOR = 10
-MAX_OUTSTANDING = 128  # four times what the server can queue (8 a level, 4 levels)
+MAX_OUTSTANDING = 512  # twenty times what the server admits at once (24)
+SENT_FRACTION = 0.8  # of the offered ten times: what must reach the server at least
 RSS_GROWTH_LIMIT = 100 * 2**20
 RECOVERY_S = 1.0
 
@@ -103,11 +108,14 @@ def test_overload_sheds_load_answers_everything_and_recovers(
         f"then {[round(ms) for ms in after_ms]} ms"
     )
     print(summary)
+    # Ten times the capacity reached the server (a fifth of slack for this shared box).
+    assert report.sent >= SENT_FRACTION * rate * OVERLOAD_S, summary
     # Nothing lost: every request sent got an answer, none timed out, every error is load
     # shedding (no 5xx, no dropped connection), and the server counted each one.
     assert report.sent == report.ok + report.errors + report.timeouts, summary
     assert report.timeouts == 0, summary
-    assert set(report.errors_by_type) == {"queue_full"}, summary
+    assert set(report.errors_by_type) <= {"queue_full", "server_busy"}, summary
+    assert report.errors_by_type.get("server_busy", 0) > 0, summary
     recovery = len(first_s) + len(after_ms)  # the requests timed after the load, all ok
     assert delta("dvn_requests_total") == report.sent + recovery, summary
     outcomes = by_label(after, "dvn_requests_total", "outcome") - by_label(
@@ -115,9 +123,7 @@ def test_overload_sheds_load_answers_everything_and_recovers(
     )
     assert outcomes == Counter(ok=report.ok + recovery, rejected=report.errors), summary
     # It was overloaded, and shed the excess both ways: degraded where the budget allowed,
-    # 429 with Retry-After where it did not. (The load generator offers ten times the
-    # capacity but sends what this shared box and MAX_OUTSTANDING let it, 1.5 to 5 times
-    # here; the rest it counts as not sent, never reaching the server.)
+    # 429 with Retry-After where it did not.
     assert report.errors > 0, summary
     assert delta("dvn_level_selected_total", reason="degraded") > 0, summary
     statuses = {status for status, _ in transport.seen}
