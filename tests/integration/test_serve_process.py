@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import shutil
@@ -126,6 +127,8 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path, heavy_checkpoint: Path) 
     ("damage", "message"),
     [
         ("tamper", "was modified or truncated"),
+        ("truncated", "weights.safetensors is not a readable safetensors file ("),
+        ("shapes", "weights.safetensors does not match the manifest's architecture: "),
         ("newer", "upgrade dvn-serve"),
         ("missing", "manifest.json is missing"),
     ],
@@ -137,6 +140,16 @@ def test_bad_checkpoint_refused_at_start(tmp_path: Path, damage: str, message: s
         data = bytearray((bad / "weights.safetensors").read_bytes())
         data[-1] ^= 0xFF
         (bad / "weights.safetensors").write_bytes(bytes(data))
+    elif damage == "truncated":  # cut in half, with a hash that matches what is left
+        weights = bad / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        manifest = json.loads((bad / "manifest.json").read_text())
+        manifest["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "shapes":  # the weights (and their hash) untouched, the widths edited
+        manifest = json.loads((bad / "manifest.json").read_text())
+        manifest["architecture"]["backbone"]["widths"] = [32, 64, 128]
+        (bad / "manifest.json").write_text(json.dumps(manifest))
     elif damage == "newer":
         manifest = json.loads((bad / "manifest.json").read_text())
         manifest["format_version"] = 99
