@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from model_store.inference import LevelPlan
 from model_store.model import DVN
 from server.profile import LatencyProfile
 
@@ -24,12 +25,26 @@ class NonFiniteOutput(RuntimeError):
 
 
 def model_forward(model: DVN, device: torch.device) -> ForwardFn:
-    """The forward the executor runs: one level on one batch, softmax on the device."""
+    """The forward the executor runs: one level on one batch, softmax on the device.
+
+    Each (task, level) runs through its :class:`LevelPlan` (weight slices copied out once,
+    batch norm folded into the convolutions), built from the model's weights the first
+    time that level runs: a level then costs its own share of the weights in memory, and a
+    small level's forward is not dominated by slicing and normalising full-width weights.
+    The server never changes the weights, so a plan never goes stale. Inputs are checked
+    by the decoder, not again here.
+    """
+    plans: dict[tuple[int, int], LevelPlan] = {}
 
     def forward(task: int, level: int, inputs: np.ndarray) -> np.ndarray:
+        plan = plans.get((task, level))
+        if plan is None:
+            plan = plans[(task, level)] = LevelPlan.build(model, task, level)
         with torch.inference_mode():
-            x = torch.from_numpy(inputs).to(device, non_blocking=True)
-            probs = torch.softmax(model(x, task, level).float(), dim=1)
+            x = torch.from_numpy(inputs)
+            if x.device != device:
+                x = x.to(device, non_blocking=True)
+            probs = torch.softmax(plan(x).float(), dim=1)
             out: np.ndarray = probs.cpu().numpy()
         return out
 

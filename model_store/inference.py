@@ -1,0 +1,131 @@
+"""One (task, level) of a DVN prepared for inference: the level's weight slices copied out
+once, contiguous, with its private batch normalisation folded into the convolutions.
+
+    plan = LevelPlan.build(model, task=0, level=2)
+    logits = plan(x)      # == model(x, 0, 2) in eval mode, to float rounding
+
+The DVN's own forward slices the full-width weights on every call (a copy for every
+convolution whose input channels are a slice) and runs a batch norm after each convolution:
+at the demo's sizes that fixed cost, not the arithmetic, is most of a small level's time. A
+plan holds ``level_params`` worth of weights (the level's share, not the whole network) and
+runs one convolution with a bias where the model runs a convolution and a batch norm.
+
+A plan is a snapshot: built from the model's weights at that moment in eval semantics
+(running statistics), it does not follow later changes to them; build it again after
+training. It never changes the model, so the model stays pure and plans of several levels
+can run at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model_store.layers import ChannelSet, Norm2d, UnitConv2d, take
+from model_store.model import DVN
+
+
+@dataclass(frozen=True)
+class FoldedConv:
+    """A convolution with the batch norm after it folded in: ``weight`` (out, in, k, k)
+    scaled per output channel, ``bias`` (out,)."""
+
+    weight: Tensor
+    bias: Tensor
+    stride: int
+    padding: int
+
+    @classmethod
+    def fold(
+        cls, conv: UnitConv2d, norm: Norm2d, out: ChannelSet | None, inp: ChannelSet | None
+    ) -> FoldedConv:
+        w = take(take(conv.weight, 0, out), 1, inp)
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (out,)
+        weight = (w * scale.view(-1, 1, 1, 1)).contiguous()
+        bias = (norm.bias - norm.running_mean * scale).contiguous()
+        return cls(weight, bias, conv.stride, conv.padding)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+@dataclass(frozen=True)
+class FoldedBlock:
+    conv1: FoldedConv
+    conv2: FoldedConv
+    project: FoldedConv | None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        # x: (B, |inp|, H, W) -> (B, |out|, H / stride, W / stride)
+        y = self.conv2(self.conv1(x).relu_())
+        y += x if self.project is None else self.project(x)
+        return y.relu_()
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """The inference forward of one (task, level): logits ``(B, classes)`` of ``x``
+    ``(B, C, H, W)``; the input shape is not checked (the model's forward checks it)."""
+
+    task: int
+    level: int
+    stem: FoldedConv
+    blocks: tuple[FoldedBlock, ...]
+    head_weight: Tensor  # (classes, |last stage|)
+    head_bias: Tensor  # (classes,)
+
+    @classmethod
+    def build(cls, model: DVN, task: str | int, level: int) -> LevelPlan:
+        """The plan of ``(task, level)`` from ``model``'s weights now.
+
+        Raises:
+            KeyError: unknown task. ValueError: level out of range.
+        """
+        t = model.config.task_index(task)
+        if not 1 <= level <= model.config.num_levels:
+            raise ValueError(f"level {level} is outside 1..{model.config.num_levels}")
+        sets = model.channel_sets(t, level)
+        stem = model.stems[t]
+        assert isinstance(stem, UnitConv2d)
+        with torch.no_grad():
+            folded_stem = FoldedConv.fold(stem, model.stem_norms.at(t, level), sets[0], None)
+            blocks = []
+            prev = sets[0]
+            for s, block in model.blocks():
+                out = sets[s]
+                project = None
+                if block.project is not None and block.norm_project is not None:
+                    norm = block.norm_project.at(t, level)
+                    project = FoldedConv.fold(block.project, norm, out, prev)
+                blocks.append(
+                    FoldedBlock(
+                        FoldedConv.fold(block.conv1, block.norm1.at(t, level), out, prev),
+                        FoldedConv.fold(block.conv2, block.norm2.at(t, level), out, out),
+                        project,
+                    )
+                )
+                prev = out
+            head = model.head(t, level)
+            head_weight = head.weight.detach().clone()
+            head_bias = head.bias.detach().clone()
+        return cls(t, level, folded_stem, tuple(blocks), head_weight, head_bias)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        h = self.stem(x).relu_()  # (B, w0*l/k, H, W)
+        for block in self.blocks:
+            h = block(h)
+        pooled = h.mean(dim=(2, 3))  # (B, w_last*l/k)
+        return F.linear(pooled, self.head_weight, self.head_bias)  # (B, classes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the weights this plan holds."""
+        tensors = [self.stem.weight, self.stem.bias, self.head_weight, self.head_bias]
+        for b in self.blocks:
+            for conv in (b.conv1, b.conv2, b.project):
+                if conv is not None:
+                    tensors += [conv.weight, conv.bias]
+        return sum(t.numel() * t.element_size() for t in tensors)
