@@ -18,6 +18,9 @@ class LatencyProfile:
 
     table: dict[LevelKey, dict[int, float]] = field(default_factory=dict)
     smoothing: float = 0.2  # weight of a new observation
+    _sizes: dict[LevelKey, tuple[dict[int, float], list[int]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def record(self, key: LevelKey, batch: int, seconds: float) -> None:
         """Blend an observed forward time into the profile."""
@@ -33,9 +36,16 @@ class LatencyProfile:
         row = self.table.get(key)
         if not row:
             return 0.0
-        sizes = sorted(row)
-        if batch in row:
-            return row[batch]
+        seconds = row.get(batch)
+        if seconds is not None:  # the common case: a measured size, asked per request
+            return seconds
+        cached = self._sizes.get(key)
+        if cached is None or cached[0] is not row or len(cached[1]) != len(row):
+            # Sizes are only ever added to a row (record, the start-up profile): a new row
+            # or a new length is a change, so the sort runs once per new size, not once
+            # per prediction.
+            cached = self._sizes[key] = (row, sorted(row))
+        sizes = cached[1]
         i = bisect.bisect_left(sizes, batch)
         if i == 0:
             return row[sizes[0]]
