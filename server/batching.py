@@ -135,6 +135,18 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def fail_queued(self, error: ServeError) -> int:
+        """Fail every queued request with ``error`` (a drain that ran out of time); the
+        batch running now is not interrupted. Returns how many were failed."""
+        failed = 0
+        for key, queue in self.queues.items():
+            while queue:
+                pending = self._pop(key)
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+                    failed += 1
+        return failed
+
     def _oldest(self) -> LevelKey | None:
         heads = [(q[0].enqueued, k) for k, q in self.queues.items() if q]
         return min(heads)[1] if heads else None

@@ -5,6 +5,7 @@ accepted ones are answered, then the process exits 0 (a second signal exits at o
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 EXAMPLES = """examples:
@@ -49,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.logs import SERVER, configure_logging
     from server.runtime import pick_device
-    from server.serving import DrainingServer
+    from server.serving import FINAL_GRACE_S, DrainingServer
     from server.settings import load_settings
 
     settings = load_settings(
@@ -87,7 +88,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,  # dvn.access logs one line per request instead
         lifespan="on",
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+        # The drain happens before uvicorn's shutdown (server/serving.py); this bounds
+        # only the last answers after it.
+        timeout_graceful_shutdown=math.ceil(FINAL_GRACE_S),
     )
     server = DrainingServer(config, app.state.runtime)
     server.run()

@@ -123,6 +123,65 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path, heavy_checkpoint: Path) 
     assert "drained: exiting" in server.output()
 
 
+DRAIN_CUT = (
+    "the server shut down before this request was computed (drain timeout "
+    "DVN_DRAIN_TIMEOUT_S=1 s); retry on another replica"
+)
+
+
+def test_a_drain_that_runs_out_of_time_answers_every_request_and_exits_zero(
+    tmp_path: Path, heavy_checkpoint: Path
+) -> None:
+    """More accepted work than the drain timeout allows (40 level-4 forwards of one example,
+    each tens of milliseconds or more, against a 1 s drain): the process exits 0 within the
+    timeout and a short grace, and every request gets an answer: 200 if it was computed,
+    else 503 ``not_ready`` saying why. None is dropped."""
+    rng = np.random.default_rng(2)
+    body = npy(rng.standard_normal((1, 3, 32, 32), dtype=np.float32))
+    accepted_n = 40
+    args = ("--max-batch-size", "1", "--drain-timeout-s", "1")
+    env = {"DVN_TORCH_THREADS": "1"}
+    with dvn_serve(heavy_checkpoint, tmp_path / "serve.log", *args, env=env) as server:
+
+        async def scenario() -> tuple[list[httpx.Response], float]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                accepted = [
+                    asyncio.create_task(
+                        client.post(
+                            "/infer/heavy?level=4",
+                            content=body,
+                            headers={"content-type": "application/x-npy"},
+                        )
+                    )
+                    for _ in range(accepted_n)
+                ]
+                for _ in range(1000):
+                    m = (await client.get("/metrics")).text
+                    line = next(x for x in m.splitlines() if x.startswith("dvn_inflight_requests "))
+                    if float(line.split()[1]) >= accepted_n:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the server never held every request at once")
+                server.process.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                responses = await asyncio.gather(*accepted)
+                await asyncio.to_thread(server.process.wait, 60)
+                return responses, time.monotonic() - signalled
+
+        responses, exit_s = asyncio.run(scenario())
+        rc = server.process.returncode
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert r.json() == {"error": {"type": "not_ready", "message": DRAIN_CUT}}
+            assert r.headers["retry-after"] == "1"
+    assert rc == 0
+    assert exit_s < 1 + 2 + 3, exit_s  # drain timeout + grace + process exit
+    assert "drain timed out" in server.output()
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
