@@ -27,7 +27,10 @@ from bench._process import ServerProcess, dvn_serve
 from clients._wire import WireTransport
 from clients.loadtest import LoadTestConfig, run_loadtest
 
-DEFAULT_MIX = "none:0.3,5ms:0.2,50ms:0.2,200KiB:0.2,20ms+1MiB:0.1"
+# Every kind of budget; latency budgets the demo meets on a 2-core CPU at the default
+# concurrency, since one that runs out in the queue is a 504 by contract (never computed
+# late), and a soak is about losing nothing, not about tight budgets.
+DEFAULT_MIX = "none:0.3,2s:0.2,500ms:0.2,200KiB:0.2,1s+1MiB:0.1"
 MIB = 2**20
 
 
