@@ -1,7 +1,9 @@
-"""``dvn bench all``: every benchmark in one run (levels, serve, peers, memory, budgets) into
+"""``dvn bench all``: every benchmark in one run (levels, serve, peers, memory, budgets, and
+the load generator's own cost by HTTP transport) into
 one ``--out`` folder, then ``docs/benchmarks.md``: the machine, a table of every goal with
 its measured value and met / NOT met, every part's markdown, and its plots (PNGs copied next
-to the page, under ``docs/benchmarks/``). ``summary.json`` in ``--out`` holds the goals."""
+to the page, under ``docs/benchmarks/``), and the hand-written ``docs/benchmarks/analysis.md``
+after the goals. ``summary.json`` in ``--out`` holds the goals."""
 
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ from bench import budgets, memory
 from bench._common import machine_line, write_report
 from bench.peers import progress
 
-PARTS = ("levels", "serve", "peers", "memory", "budgets")
+PARTS = ("levels", "serve", "peers", "memory", "budgets", "transport")
+# Kept next to the page's plots and written by hand (profiles, reasons): placed after the
+# goals table on every run, so that regenerating the page does not drop it.
+ANALYSIS = "analysis.md"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ def run_all(
     from bench.levels import run_levels
     from bench.peers import run_peers
     from bench.serve import run_serve
+    from bench.transport import run_transport
 
     o = options or SuiteOptions()
     load_before = _load_average()
@@ -82,6 +88,9 @@ def run_all(
             points=o.points,
             budget_mix=o.budget_mix,
             profile_iters=o.profile_iters,
+        ),
+        "transport": lambda: run_transport(
+            out, concurrencies=o.clients, duration=min(o.duration, 3.0)
         ),
     }
     for name, step in steps.items():
@@ -117,14 +126,81 @@ def levels_goals(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def serve_goals(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The overhead goal: p50 of HTTP minus the in-process forward ≤ 1 ms at level 1,
+    concurrency 1."""
+    row = next((r for r in data["levels"] if r["level"] == 1), None)
+    goal = "p50 overhead (HTTP − in-process forward) ≤ 1 ms, level 1, concurrency 1"
+    if row is None:
+        return []
+    measured = f"{row['overhead_p50_ms']:.2f} ms (HTTP p50 {row['e2e_p50_ms']:.2f} ms)"
+    return [{"goal": goal, "measured": measured, "met": row["overhead_p50_ms"] <= 1.0}]
+
+
+def peers_goals(data: dict[str, Any], levels: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Throughput at the most clients measured (64 in a full run), top level: ≥ 2x
+    LitServe's, and ≥ 0.7x what the raw batched forward computes (batch 32, the server's
+    own forward, from the levels part)."""
+    rows = data["rows"]
+    if not rows:
+        return []
+    top = max(r["level"] for r in rows)
+    clients = max(r["clients"] for r in rows)
+    at = {r["server"]: r for r in rows if r["level"] == top and r["clients"] == clients}
+    ours, theirs = at.get("dvn-serve"), at.get("litserve")
+    found = []
+    if ours is not None and theirs is not None:
+        ratio = ours["rps"] / theirs["rps"] if theirs["rps"] else float("inf")
+        found.append(
+            {
+                "goal": f"requests/s at {clients} clients ≥ 2x LitServe's, top level",
+                "measured": f"{ours['rps']:.1f} vs {theirs['rps']:.1f} req/s: {ratio:.2f}x",
+                "met": ratio >= 2.0,
+            }
+        )
+    raw = None
+    if levels is not None:
+        raw = next(
+            (
+                r
+                for r in levels["rows"]
+                if r["task"] == data["task"] and r["level"] == top and r["flop_ratio"] == 1.0
+            ),
+            None,
+        )
+    if ours is not None and raw is not None:
+        raw_rps = 32 / (raw["ms_batch32"] / 1e3)
+        ratio = ours["rps"] / raw_rps
+        found.append(
+            {
+                "goal": f"requests/s at {clients} clients ≥ 0.7x the raw batched forward "
+                "(batch 32), top level",
+                "measured": f"{ours['rps']:.1f} vs {raw_rps:.0f} examples/s: {ratio:.2f}x",
+                "met": ratio >= 0.7,
+            }
+        )
+    return found
+
+
 def goals(out: Path) -> list[dict[str, Any]]:
     """Every goal of the parts whose JSON is in ``out``, each tagged with its part."""
     found: list[dict[str, Any]] = []
-    readers = {"levels": levels_goals, "memory": memory.goals, "budgets": budgets.goals}
-    for part, reader in readers.items():
+
+    def read(part: str) -> dict[str, Any] | None:
         file = out / f"{part}.json"
-        if file.exists():
-            found += [{"part": part, **g} for g in reader(json.loads(file.read_text()))]
+        return json.loads(file.read_text()) if file.exists() else None
+
+    readers: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
+        "levels": levels_goals,
+        "serve": serve_goals,
+        "peers": lambda data: peers_goals(data, read("levels")),
+        "memory": memory.goals,
+        "budgets": budgets.goals,
+    }
+    for part, reader in readers.items():
+        data = read(part)
+        if data is not None:
+            found += [{"part": part, **g} for g in reader(data)]
     return found
 
 
@@ -158,6 +234,9 @@ def write_docs(
     for g in found:
         met = "met" if g["met"] else "**NOT met**"
         lines.append(f"| {g['part']} | {g['goal']} | {g['measured']} | {met} |")
+    analysis = images / ANALYSIS
+    if analysis.exists():  # hand-written: what stands in the way, from profiles
+        lines += ["", analysis.read_text().rstrip("\n")]
     for part in PARTS:
         md = out / f"{part}.md"
         if not md.exists():

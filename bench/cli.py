@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   dvn bench budgets --points 6 --duration 5     # budget attainment vs load, three policies
   dvn bench all --out bench/results             # everything, then docs/benchmarks.md
   dvn bench all --duration 0.5 --clients 1 --points 2   # a quick smoke run
+  dvn bench transport                           # load generator CPU/request: httpx vs wire
   dvn bench soak                                # 100,000 requests: none lost, memory flat
   dvn bench soak --requests 20000 --concurrency 8 --budget-mix "none:1,5ms:1"
 
@@ -78,6 +79,14 @@ def register(sub: Any) -> None:
     bu.add_argument("--min-load", type=float, default=0.1, help="lowest load (x top capacity)")
     bu.add_argument("--max-load", type=float, default=1.5, help="highest load (x top capacity)")
     bu.set_defaults(handler=_budgets)
+
+    tr = which.add_parser(
+        "transport", help="the load generator's CPU per request, httpx's transport vs wire"
+    )
+    tr.add_argument("--out", default="bench/results", help="where to write transport.json/.md")
+    tr.add_argument("--clients", default="1,16,64", help="closed-loop clients per point")
+    tr.add_argument("--duration", type=float, default=3.0, help="seconds measured per point")
+    tr.set_defaults(handler=_transport)
 
     al = which.add_parser("all", help="every benchmark, then docs/benchmarks.md")
     _common_args(al)
@@ -182,6 +191,14 @@ def _budgets(args: argparse.Namespace) -> int:
         budget_mix=args.budget_mix,
         profile_iters=args.profile_iters,
     )
+    print(report.read_text())
+    return 0
+
+
+def _transport(args: argparse.Namespace) -> int:
+    from bench.transport import run_transport
+
+    report = run_transport(args.out, concurrencies=_ints(args.clients), duration=args.duration)
     print(report.read_text())
     return 0
 

@@ -33,6 +33,7 @@ from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from model_store.checkpoint import Checkpoint, load
+from model_store.inference import LevelPlan
 
 MAX_BATCH_SIZE = 32
 BATCH_TIMEOUT_MS = 2.0
@@ -56,6 +57,9 @@ class PinnedLevel:
             raise ValueError(f"task {task!r} has levels 1..{len(self.entry.levels)}, not {level}")
         self.level = self.entry.levels[level - 1]
         self.shape = tuple(self.entry.input_shape)
+        # The forward dvn serve runs (model_store.inference), so the peers compute exactly
+        # what it computes, as fast, and differ only in how they serve.
+        self.plan = LevelPlan.build(self.checkpoint.model, self.task_index, level)
 
     def decode(self, body: bytes) -> torch.Tensor:
         """One example ``(C, H, W)`` from a ``.npy`` body of shape ``(1, C, H, W)`` or
@@ -73,7 +77,7 @@ class PinnedLevel:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(B, classes)`` of a batch ``(B, C, H, W)``."""
         with torch.inference_mode():
-            logits = self.checkpoint.model(x.to(self.device), self.task_index, self.level.level)
+            logits = self.plan(x.to(self.device))
             return torch.softmax(logits.float(), dim=1).cpu()
 
     def encode(self, probabilities: list[list[float]]) -> dict[str, Any]:

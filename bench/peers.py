@@ -293,7 +293,9 @@ def _markdown(data: dict[str, Any]) -> str:
         f"batch up to {data['max_batch_size']} examples with a {data['batch_delay_ms']} ms "
         "batch timeout; the plain FastAPI endpoint computes each request alone in the "
         "endpoint. dvn-serve has the level pinned with `level=`; each peer serves only that "
-        "level.",
+        "level. All three run the same forward (the level's `LevelPlan` from "
+        "`model_store.inference`) and are loaded through the load generator's light HTTP/1.1 "
+        "transport.",
         "",
         "| level | clients | server | requests/s | p50 ms | p99 ms | errors |",
         "|---:|---:|---|---:|---:|---:|---:|",

@@ -13,7 +13,8 @@ from bench.levels import run_levels
 from model_store.checkpoint import read_manifest
 
 HEADER = (
-    "| task | level | MFLOPs | FLOP ratio | ms @1 | ms @32 | speed-up @1 | speed-up @32 | goal |"
+    "| task | level | MFLOPs | FLOP ratio | ms @1 | ms @32 | speed-up @1 | speed-up @32 "
+    "| model ms @1 | model ms @32 | model speed-up @32 | goal |"
 )
 
 
@@ -54,6 +55,7 @@ def test_run_levels_writes_every_row(tiny_checkpoint: Path, tmp_path: Path) -> N
         assert ratios == sorted(ratios, reverse=True)
         for r in mine:
             assert r["ms_batch1"] > 0 and r["ms_batch32"] > 0
+            assert r["model_ms_batch1"] > 0 and r["model_ms_batch32"] > 0
             assert r["goal_met"] == (r["speedup_batch32"] >= 0.5 * r["flop_ratio"]) or (
                 abs(r["speedup_batch32"] - 0.5 * r["flop_ratio"]) < 0.01  # rounded values
             )

@@ -79,9 +79,9 @@ def test_docs_page_has_goals_sections_and_working_plot_links(suite: tuple[Path, 
     _, docs = suite
     page = docs.read_text()
     assert "## Goals" in page
-    parts_with_goals = ("| levels |", "| memory |", "| budgets |")
+    parts_with_goals = ("| levels |", "| serve |", "| peers |", "| memory |", "| budgets |")
     goal_rows = [line for line in page.splitlines() if line.startswith(parts_with_goals)]
-    assert len(goal_rows) == 4  # levels 1, memory 1, budgets 2
+    assert len(goal_rows) == 7  # levels 1, serve 1, peers 2, memory 1, budgets 2
     assert all(row.rstrip().endswith(("| met |", "| **NOT met** |")) for row in goal_rows)
     for part in PARTS:
         assert (suite[0] / f"{part}.md").read_text().splitlines()[0] in page
@@ -90,7 +90,9 @@ def test_docs_page_has_goals_sections_and_working_plot_links(suite: tuple[Path, 
         assert (docs.parent / "benchmarks" / f"{part}.png").read_bytes().startswith(PNG_MAGIC)
 
 
-@pytest.mark.parametrize("part", ["peers", "memory", "budgets", "all", "levels", "serve"])
+@pytest.mark.parametrize(
+    "part", ["peers", "memory", "budgets", "all", "levels", "serve", "transport"]
+)
 def test_each_part_has_its_own_command(part: str) -> None:
     args = build_parser().parse_args(["bench", part, "--out", "x"])
     assert args.handler.__name__ == f"_{part}"
