@@ -25,7 +25,7 @@ def test_bench_soak_writes_its_report(
     monkeypatch.setattr("sys.stderr", stderr)
     out = tmp_path / "results"
     argv = ["bench", "soak", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]
-    argv += ["--requests", str(REQUESTS), "--concurrency", "4", "--budget-mix", "none:1,5ms:1"]
+    argv += ["--requests", str(REQUESTS), "--concurrency", "4", "--budget-mix", "none:1,2s:1"]
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["soak.json", "soak.md"]
     data = json.loads((out / "soak.json").read_text())
@@ -34,11 +34,14 @@ def test_bench_soak_writes_its_report(
     assert data["ok"] == REQUESTS and data["lost"] == data["timeouts"] == data["errors"] == 0
     assert data["statuses"] == {"200": REQUESTS} and data["server_errors"] == 0
     assert set(data["levels"]) == {"digits", "shapes"}
-    assert data["concurrency"] == 4 and data["budget_mix"] == "none:1,5ms:1"
+    assert data["concurrency"] == 4 and data["budget_mix"] == "none:1,2s:1"
     assert 0 < data["rss_start_mib"] <= data["rss_max_mib"]
     assert data["rss_end_mib"] <= data["rss_max_mib"]
     growth = data["rss_end_mib"] - data["rss_start_mib"]  # of values rounded to 0.1 MiB
     assert data["rss_growth_mib"] == pytest.approx(growth, abs=0.11)
+    rss = [r for _, r in data["rss_timeline"]]
+    late = rss[-1] - rss[len(rss) // 10]
+    assert data["rss_growth_last_90pct_mib"] == pytest.approx(late, abs=0.11)
     assert len(data["rss_timeline"]) >= 2  # start and end, and one a second between
     assert data["machine"]["cores"] >= 1
     md = (out / "soak.md").read_text()
