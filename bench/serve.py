@@ -20,6 +20,7 @@ from bench._common import machine_line, median_seconds, write_report
 from bench._process import dvn_serve
 from clients.loadtest import LoadTestConfig, run_loadtest
 from model_store.checkpoint import load
+from model_store.inference import LevelPlan
 
 
 def npy_body(shape: tuple[int, ...], seed: int = 0) -> bytes:
@@ -79,10 +80,13 @@ def run_serve(
             with dvn_serve(path, Path(tmp) / f"serve-{batching}.log", *args) as server:
                 if batching == "on":
                     for lv in entry.levels:
+                        # The forward the server runs (its executor's LevelPlan), so the
+                        # overhead is everything else.
+                        plan = LevelPlan.build(ckpt.model, t_index, lv.level)
 
-                        def forward(level: int = lv.level) -> None:
+                        def forward(plan: LevelPlan = plan) -> None:
                             with torch.inference_mode():
-                                ckpt.model(x, t_index, level)
+                                plan(x)
 
                         fwd_ms = median_seconds(forward, 50) * 1e3
                         e2e = sorted(
@@ -135,8 +139,9 @@ def _markdown(data: dict[str, Any]) -> str:
         "",
         f"{machine_line()} Task `{data['task']}`, one example per request (`.npy` body), a real "
         "`dvn serve` process on loopback. Concurrency 1: one `http.client` keep-alive connection, "
-        "requests one after another; throughput: the project's load generator (its light "
-        "HTTP/1.1 transport).",
+        "requests one after another, next to the forward the server runs (the level's "
+        "`LevelPlan`) timed in-process; throughput: the project's load generator (its "
+        "light HTTP/1.1 transport).",
         "",
         "Concurrency 1, level pinned:",
         "",
