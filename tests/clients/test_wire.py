@@ -380,3 +380,40 @@ def test_dvn_loadtest_http_client_option(
     with pytest.raises(ValueError, match="stop here"):
         args.handler(args)
     assert seen[0].http_client == expected
+
+
+async def test_loadtest_through_the_light_transport_against_a_real_server(
+    serve: Any,
+) -> None:
+    """The load generator's default path (the light transport, requests sent past the
+    client) against the real app on uvicorn: every request answered and accounted for."""
+    from clients.loadtest import LoadTestConfig, arun_loadtest
+
+    http = await serve()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(http.app, log_level="warning", lifespan="off"))
+    running = asyncio.create_task(srv.serve(sockets=[sock]))
+    try:
+        while not srv.started:
+            await asyncio.sleep(0.01)
+        config = LoadTestConfig(
+            f"http://127.0.0.1:{port}",
+            mode="closed",
+            concurrency=4,
+            duration=1.0,
+            warmup=0.2,
+            budget_mix="none:1,1MiB:1",
+            seed=2,
+        )
+        assert isinstance(config.make_transport(), WireTransport)
+        report = await arun_loadtest(config)
+    finally:
+        srv.should_exit = True
+        await running
+        sock.close()
+    assert report.sent > 20 and report.ok == report.sent
+    assert report.errors == report.timeouts == 0
+    assert set(report.levels) == {"digits", "shapes"}
+    assert report.budget_attainment["1MiB"].ok == report.budget_attainment["1MiB"].sent
