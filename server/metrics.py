@@ -5,6 +5,7 @@ prometheus_client objects."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -92,6 +93,16 @@ class Metrics:
         self.unit_param_bytes = Gauge(
             "dvn_unit_param_bytes", "Shared-trunk bytes of each unit.", ["unit"], registry=r
         )
+        # Labelled children by (metric, label values): ``labels()`` validates and locks on
+        # every call, a dozen times a request; the label sets here are few and fixed.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def describe_model(
         self,
@@ -130,27 +141,42 @@ class Metrics:
     ) -> None:
         """A request answered at ``level``."""
         lv = str(level)
-        self.requests.labels(task, lv, "ok").inc()
-        self.level_selected.labels(task, lv, reason).inc()
-        self.request_duration.labels(task, lv).observe(duration_s)
+        self._child(self.requests, task, lv, "ok").inc()
+        self._child(self.level_selected, task, lv, reason).inc()
+        self._child(self.request_duration, task, lv).observe(duration_s)
         for unit in units:
-            self.unit_requests.labels(str(unit), task).inc()
+            self._child(self.unit_requests, str(unit), task).inc()
         for kind, met in budget_results.items():
-            self.budget.labels(task, kind, "met" if met else "missed").inc()
+            self._child(self.budget, task, kind, "met" if met else "missed").inc()
         del examples  # examples are counted per batch, in batch_done
 
     def refused(self, *, task: str, level: int | None, outcome: str, missed: str | None) -> None:
         """A request not answered: ``invalid``, ``rejected``, ``error`` or ``cancelled``;
         ``missed`` names the budget kind that refused it, if one did."""
-        self.requests.labels(task, "none" if level is None else str(level), outcome).inc()
+        self._child(self.requests, task, "none" if level is None else str(level), outcome).inc()
         if missed is not None:
-            self.budget.labels(task, missed, "missed").inc()
+            self._child(self.budget, task, missed, "missed").inc()
 
     def batch_done(
         self, *, task: str, level: int, units: Iterable[int], examples: int, seconds: float
     ) -> None:
         lv = str(level)
-        self.compute.labels(task, lv).observe(seconds)
-        self.batch_size.labels(task, lv).observe(examples)
+        self._child(self.compute, task, lv).observe(seconds)
+        self._child(self.batch_size, task, lv).observe(examples)
         for unit in units:
-            self.unit_examples.labels(str(unit)).inc(examples)
+            self._child(self.unit_examples, str(unit)).inc(examples)
+
+    def batch_failed(self, *, task: str, level: int) -> None:
+        self._child(self.batch_failures, task, str(level)).inc()
+
+    def queued(self, *, task: str, level: int, depth: int) -> None:
+        """The depth of a level's queue now."""
+        self._child(self.queue_depth, task, str(level)).set(depth)
+
+    def waited(self, *, task: str, level: int, seconds: float) -> None:
+        """A request's time in its level's queue."""
+        self._child(self.queue_wait, task, str(level)).observe(seconds)
+
+    def predicted(self, *, task: str, level: int, seconds: float) -> None:
+        """The latency a request at ``level`` is predicted to see now."""
+        self._child(self.predicted_latency, task, str(level)).set(seconds)

@@ -14,6 +14,13 @@ from server.encode import infer_body, infer_headers
 from server.errors import ALL_ERRORS, InvalidParameter, PayloadTooLarge, ServeError
 from server.export import archive_for
 from server.outcome import ClientDisconnected
+from server.params import (
+    BUDGET_DOC,
+    INFER_QUERY_DOC,
+    MAX_BUDGET_CHARS,
+    ON_MISS_DOC,
+    parse_infer_query,
+)
 from server.profile import predict_latency
 from server.protocol import ErrorBody, InferResponse, ModelsResponse, PlanResponse
 from server.runtime import ready_service
@@ -27,20 +34,8 @@ async def service_dependency(request: Request) -> InferenceService:
 
 
 ServiceDep = Annotated[InferenceService, Depends(service_dependency)]
-BudgetQuery = Annotated[
-    str | None,
-    Query(
-        description="Comma-separated constraints: latency (us, ms, s) and/or memory (B, kB, MB, "
-        "GB, KiB, MiB, GiB), e.g. `15ms,2MiB`. None: the best level.",
-        max_length=200,
-    ),
-]
-OnMissQuery = Annotated[
-    Literal["degrade", "reject"],
-    Query(
-        description="When no level meets the latency budget: serve the smallest (degrade) or 503."
-    ),
-]
+BudgetQuery = Annotated[str | None, Query(description=BUDGET_DOC, max_length=MAX_BUDGET_CHARS)]
+OnMissQuery = Annotated[Literal["degrade", "reject"], Query(description=ON_MISS_DOC)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {
@@ -100,38 +95,28 @@ async def wait_disconnect(request: Request) -> None:
             return
 
 
-def check_top_k(top_k: int | None) -> None:
-    if top_k is not None and top_k < 1:
-        raise InvalidParameter(f"top_k must be at least 1, got {top_k}")
-
-
 @router.post(
     "/infer/{task}",
     summary="Classify one example or a batch at the level the budget allows",
     response_model=InferResponse,
     responses=ERRORS,
-    openapi_extra=INFER_BODY,
+    openapi_extra={**INFER_BODY, "parameters": INFER_QUERY_DOC},
     tags=["inference"],
 )
-async def infer(
-    task: str,
-    request: Request,
-    service: ServiceDep,
-    budget: BudgetQuery = None,
-    level: Annotated[int | None, Query(description="Pin a level (1-based).")] = None,
-    on_miss: OnMissQuery = "degrade",
-    top_k: Annotated[int | None, Query(description="Return the k most probable classes.")] = None,
-) -> Response:
+async def infer(task: str, request: Request) -> Response:
+    # The service and the query are looked up by hand, not by FastAPI's dependency
+    # solver: this is the hot path (server/params.py).
+    service = ready_service(request)
     arrival = request.scope.get("state", {}).get("arrival", time.perf_counter())
     log: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
-    log.update(task=task, budget=budget)
+    log.update(task=task, budget=request.query_params.get("budget"))
     settings = service.settings
     try:
         with service.handling(task, log) as handling:
+            query = parse_infer_query(request.query_params)
             entry = service.task(task)
-            parsed = parse_budget(budget)
-            service.check_level(entry, level)
-            check_top_k(top_k)
+            parsed = parse_budget(query.budget)
+            service.check_level(entry, query.level)
             body = await read_body(request, settings.max_body_bytes)
             inputs = decode(
                 body,
@@ -145,8 +130,8 @@ async def infer(
                 entry,
                 inputs.array,
                 budget=parsed,
-                level=level,
-                on_miss=on_miss,
+                level=query.level,
+                on_miss=query.on_miss,
                 arrival=arrival,
                 ticket=handling.ticket,
                 disconnected=lambda: wait_disconnect(request),
@@ -155,7 +140,9 @@ async def infer(
         # Routine (a client timeout): answered with nginx's 499, which nobody reads, instead
         # of re-raised, which uvicorn logs as an error with a traceback.
         return Response(status_code=499)
-    body_doc = infer_body(answer, service.manifest, request.scope["state"]["request_id"], top_k)
+    body_doc = infer_body(
+        answer, service.manifest, request.scope["state"]["request_id"], query.top_k
+    )
     return JSONResponse(body_doc, headers=infer_headers(answer))
 
 

@@ -116,9 +116,7 @@ class Runtime:
             return
         service.profile.table.update(profile.table)
         for (task, level), row in profile.table.items():
-            service.metrics.predicted_latency.labels(task, str(level)).set(
-                row[1] + service.overhead_s
-            )
+            service.metrics.predicted(task=task, level=level, seconds=row[1] + service.overhead_s)
         self.ready = True
         SERVER.info(
             "ready", extra={"fields": {"warmup_s": round(time.perf_counter() - started, 2)}}

@@ -137,7 +137,7 @@ class InferenceService:
                 self.settings.max_batch_size,
                 self.overhead_s + self.loop_lag_s,
             )
-            self.metrics.predicted_latency.labels(task.name, str(lv.level)).set(predicted)
+            self.metrics.predicted(task=task.name, level=lv.level, seconds=predicted)
             found.append(
                 LevelOption(
                     level=lv.level,
@@ -278,11 +278,11 @@ class InferenceService:
         self.batcher.put(pending)
         ticket.queued = True
         self.arriving -= 1
-        self.metrics.queue_depth.labels(task.name, str(selection.level)).set(
-            self.batcher.depth(pending.key)
+        self.metrics.queued(
+            task=task.name, level=selection.level, depth=self.batcher.depth(pending.key)
         )
         result = await self._wait(pending, disconnected)
-        self.metrics.queue_wait.labels(task.name, str(result.level)).observe(result.queue_wait_s)
+        self.metrics.waited(task=task.name, level=result.level, seconds=result.queue_wait_s)
         now = time.perf_counter()
         measured = now - arrival
         entry = task.levels[result.level - 1]
@@ -316,16 +316,25 @@ class InferenceService:
         if disconnected is None:
             return await pending.future
         watcher: asyncio.Future[None] = asyncio.ensure_future(disconnected())
-        waiting: set[asyncio.Future[Any]] = {pending.future, watcher}
+
+        def gone(_: asyncio.Future[None]) -> None:
+            if watcher.cancelled():
+                return
+            watcher.exception()  # retrieved: a failed receive() means the client is gone too
+            if not pending.future.done():
+                pending.abandoned = True  # the batcher drops it uncomputed
+                pending.future.cancel()
+
+        # A callback, not asyncio.wait over both: no extra future and set per request.
+        watcher.add_done_callback(gone)
         try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            return await pending.future
+        except asyncio.CancelledError:
+            if pending.abandoned:
+                raise ClientDisconnected("client disconnected") from None
+            raise
         finally:
             watcher.cancel()
-        if not pending.future.done():
-            pending.abandoned = True  # the batcher drops it uncomputed
-            pending.future.cancel()
-            raise ClientDisconnected("client disconnected")
-        return pending.future.result()
 
     # -- accounting --------------------------------------------------------------------
     def account(
@@ -362,12 +371,10 @@ class InferenceService:
         self.metrics.refused(task=label, level=None, outcome="cancelled", missed=None)
 
     def _batch_done(self, event: BatchEvent) -> None:
-        lv = str(event.level)
-        self.metrics.queue_depth.labels(event.task, lv).set(
-            self.batcher.depth((event.task, event.level))
-        )
+        depth = self.batcher.depth((event.task, event.level))
+        self.metrics.queued(task=event.task, level=event.level, depth=depth)
         if event.failed:
-            self.metrics.batch_failures.labels(event.task, lv).inc()
+            self.metrics.batch_failed(task=event.task, level=event.level)
             return
         entry = self.tasks[event.task].levels[event.level - 1]
         self.metrics.batch_done(
