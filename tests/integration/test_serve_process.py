@@ -71,6 +71,30 @@ def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
         assert line in metrics
 
 
+async def held(
+    client: httpx.AsyncClient, body: bytes, n: int
+) -> list[asyncio.Task[httpx.Response]]:
+    """Send ``n`` level-4 requests of ``body`` to the heavy checkpoint's server and return
+    once it holds them all (``dvn_inflight_requests``), before any is answered."""
+    accepted = [
+        asyncio.create_task(
+            client.post(
+                "/infer/heavy?level=4",
+                content=body,
+                headers={"content-type": "application/x-npy"},
+            )
+        )
+        for _ in range(n)
+    ]
+    for _ in range(1000):
+        m = (await client.get("/metrics")).text
+        line = next(x for x in m.splitlines() if x.startswith("dvn_inflight_requests "))
+        if float(line.split()[1]) >= n:
+            return accepted
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server never held every request at once")
+
+
 def test_sigterm_drains_then_exits_zero(tmp_path: Path, heavy_checkpoint: Path) -> None:
     """SIGTERM under load: readiness 503, new work 503, accepted work answered, exit 0.
 
@@ -84,25 +108,7 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path, heavy_checkpoint: Path) 
 
         async def scenario() -> tuple[list[int], int, int, list[int]]:
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-                accepted = [
-                    asyncio.create_task(
-                        client.post(
-                            "/infer/heavy?level=4",
-                            content=body,
-                            headers={"content-type": "application/x-npy"},
-                        )
-                    )
-                    for _ in range(accepted_n)
-                ]
-                # wait until the server holds them all
-                for _ in range(400):
-                    m = (await client.get("/metrics")).text
-                    line = next(x for x in m.splitlines() if x.startswith("dvn_inflight_requests "))
-                    if float(line.split()[1]) >= accepted_n:
-                        break
-                    await asyncio.sleep(0.01)
-                else:
-                    raise AssertionError("the server never held every request at once")
+                accepted = await held(client, body, accepted_n)
                 server.process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.05)
                 ready = (await client.get("/readyz")).status_code
@@ -145,24 +151,7 @@ def test_a_drain_that_runs_out_of_time_answers_every_request_and_exits_zero(
 
         async def scenario() -> tuple[list[httpx.Response], float]:
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-                accepted = [
-                    asyncio.create_task(
-                        client.post(
-                            "/infer/heavy?level=4",
-                            content=body,
-                            headers={"content-type": "application/x-npy"},
-                        )
-                    )
-                    for _ in range(accepted_n)
-                ]
-                for _ in range(1000):
-                    m = (await client.get("/metrics")).text
-                    line = next(x for x in m.splitlines() if x.startswith("dvn_inflight_requests "))
-                    if float(line.split()[1]) >= accepted_n:
-                        break
-                    await asyncio.sleep(0.01)
-                else:
-                    raise AssertionError("the server never held every request at once")
+                accepted = await held(client, body, accepted_n)
                 server.process.send_signal(signal.SIGTERM)
                 signalled = time.monotonic()
                 responses = await asyncio.gather(*accepted)
