@@ -23,9 +23,10 @@ from server.settings import demo_checkpoint
 from tests.server.helpers import parse_metrics
 
 DEMO = demo_checkpoint()
-# 5 ms is often missed on this box: a late answer (met false) or, when the deadline passed
-# while the request was queued, 504 deadline_exceeded (never computed). Nothing else fails.
-MIX = "5ms:0.5,200KiB:0.3,none:0.2"
+# 20 ms is sometimes missed on this box: a late answer (met false) or, when the deadline
+# passed while the request was queued, 504 deadline_exceeded (never computed). Nothing else
+# fails. (Most 5 ms requests are refused here at concurrency 4: too few answers to check.)
+MIX = "20ms:0.5,200KiB:0.3,none:0.2"
 TASKS = ("digits", "shapes", "textures")
 
 
@@ -114,8 +115,8 @@ def run_loadtest(server: ServerProcess, out: Path, *extra: str) -> tuple[dict[st
     assert set(report["levels"]) == set(TASKS)
     assert sum(n for levels in report["levels"].values() for n in levels.values()) == totals["ok"]
     attainment = report["budget_attainment"]
-    assert set(attainment) == {"5ms", "200KiB"}  # requests without a budget have none
-    assert attainment["5ms"]["sent"] == attainment["5ms"]["ok"] + totals["errors"]
+    assert set(attainment) == {"20ms", "200KiB"}  # requests without a budget have none
+    assert attainment["20ms"]["sent"] == attainment["20ms"]["ok"] + totals["errors"]
     assert attainment["200KiB"]["sent"] == attainment["200KiB"]["ok"]
     for a in attainment.values():
         assert a["ok"] > 0
@@ -171,8 +172,8 @@ def test_loadtest_report_agrees_with_the_servers_counters(
     attainment = report["budget_attainment"]
     assert budget[("memory", "missed")] == 0
     assert budget[("memory", "met")] >= attainment["200KiB"]["met"]
-    assert budget[("latency", "met")] >= attainment["5ms"]["met"]
-    late = attainment["5ms"]["ok"] - attainment["5ms"]["met"]
+    assert budget[("latency", "met")] >= attainment["20ms"]["met"]
+    late = attainment["20ms"]["ok"] - attainment["20ms"]["met"]
     assert budget[("latency", "missed")] >= late + totals["errors"]
     with_budget = sum(a["sent"] for a in attainment.values())  # a 504 counts as missed
     assert with_budget <= sum(budget.values()) <= with_budget + warmup
@@ -221,10 +222,10 @@ def test_loadtest_without_warmup_matches_level_and_budget_counters_exactly(
     budget = by(delta["budget"], 1, 2)
     assert budget == +Counter(
         {
-            ("latency", "met"): attainment["5ms"]["met"],
+            ("latency", "met"): attainment["20ms"]["met"],
             # a late answer, or a 504: its deadline passed before it was computed
-            ("latency", "missed"): attainment["5ms"]["ok"]
-            - attainment["5ms"]["met"]
+            ("latency", "missed"): attainment["20ms"]["ok"]
+            - attainment["20ms"]["met"]
             + totals["errors"],
             ("memory", "met"): attainment["200KiB"]["met"],
         }
