@@ -18,17 +18,30 @@ class LatencyProfile:
 
     table: dict[LevelKey, dict[int, float]] = field(default_factory=dict)
     smoothing: float = 0.2  # weight of a new observation
+    # One observation counts as at most this many times the estimate (or 1/this): a forward
+    # preempted on a busy machine can take 50 times its usual time once, and one such
+    # sample must not make a level look unusable (selection would move everything off it).
+    max_step: float = 4.0
     _sizes: dict[LevelKey, tuple[dict[int, float], list[int]]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
     def record(self, key: LevelKey, batch: int, seconds: float) -> None:
-        """Blend an observed forward time into the profile."""
+        """Blend an observed forward time into the profile: the observation, clamped to
+        within ``max_step`` times the current estimate, gets weight ``smoothing``. A batch
+        size not in the profile starts from the estimate the profile gives for it
+        (interpolated), so one sample does not define it; a level not in the profile
+        starts at the observation."""
         row = self.table.setdefault(key, {})
         old = row.get(batch)
-        row[batch] = (
-            seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
-        )
+        if old is None:
+            if not row:
+                row[batch] = seconds
+                return
+            old = self.forward_s(key, batch)
+        if old > 0:
+            seconds = min(max(seconds, old / self.max_step), old * self.max_step)
+        row[batch] = (1 - self.smoothing) * old + self.smoothing * seconds
 
     def forward_s(self, key: LevelKey, batch: int) -> float:
         """Predicted seconds for one forward of ``batch`` examples (linear between measured

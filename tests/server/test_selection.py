@@ -289,17 +289,32 @@ def test_forward_of_an_unprofiled_level_is_zero() -> None:
 
 def test_record_smooths_observations() -> None:
     profile = profile_of({1: 0.001})
-    profile.record(KEY, 1, 0.006)  # 0.8 * 1 ms + 0.2 * 6 ms
-    assert profile.table[KEY][1] == pytest.approx(0.002, rel=1e-12)
-    profile.record(KEY, 1, 0.002)
-    assert profile.table[KEY][1] == pytest.approx(0.002, rel=1e-12)
-    profile.record(KEY, 3, 0.005)  # a size never seen: taken as observed
-    assert profile.table[KEY][3] == 0.005
-    profile.record(("shapes", 1), 2, 0.004)  # a level never seen
+    profile.record(KEY, 1, 0.003)  # 0.8 * 1 ms + 0.2 * 3 ms
+    assert profile.table[KEY][1] == pytest.approx(0.0014, rel=1e-12)
+    profile.record(KEY, 1, 0.0014)
+    assert profile.table[KEY][1] == pytest.approx(0.0014, rel=1e-12)
+    # a size never seen starts from the profile's estimate for it (1.4 ms * 3 / 1)
+    profile.record(KEY, 3, 0.005)
+    assert profile.table[KEY][3] == pytest.approx(0.8 * 0.0042 + 0.2 * 0.005, rel=1e-12)
+    profile.record(("shapes", 1), 2, 0.004)  # a level never seen: taken as observed
     assert profile.table[("shapes", 1)] == {2: 0.004}
     snap = profile.snapshot()
     snap[KEY][1] = 99.0
-    assert profile.table[KEY][1] == pytest.approx(0.002, rel=1e-12)
+    assert profile.table[KEY][1] == pytest.approx(0.0014, rel=1e-12)
+
+
+def test_one_outlier_moves_the_estimate_a_bounded_step() -> None:
+    profile = profile_of({1: 0.001, 32: 0.008})
+    profile.record(KEY, 32, 0.377)  # a preempted forward: counted as 4 x 8 ms at most
+    assert profile.table[KEY][32] == pytest.approx(0.8 * 0.008 + 0.2 * 0.032, rel=1e-12)
+    profile.record(KEY, 32, 0.0)  # and as a quarter at least
+    assert profile.table[KEY][32] == pytest.approx(0.8 * 0.0128 + 0.2 * 0.0032, rel=1e-12)
+    profile.record(KEY, 19, 0.377)  # a new size: from the interpolated estimate, bounded
+    start = 0.001 + (19 - 1) / 31 * (0.01088 - 0.001)
+    assert profile.table[KEY][19] == pytest.approx(0.8 * start + 0.2 * 4 * start, rel=1e-9)
+    for _ in range(30):  # a lasting slowdown is still followed
+        profile.record(KEY, 1, 0.010)
+    assert profile.table[KEY][1] == pytest.approx(0.010, rel=1e-2)
 
 
 def test_record_with_other_smoothing() -> None:
