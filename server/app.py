@@ -32,6 +32,7 @@ from server.oip import protocol_error_shape
 from server.oip import router as oip_router
 from server.protocol import Status
 from server.routes import ERRORS
+from server.routes import infer as infer_endpoint
 from server.routes import router as v1_router
 from server.runtime import ForwardWrapper, Runtime, get_runtime
 from server.settings import Settings
@@ -88,6 +89,57 @@ def error_response(error: ServeError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
 
+def internal_error_response(request: Request) -> JSONResponse:
+    """500 for a bug of ours: logged with its traceback, the client told the request id."""
+    rid = request.scope.get("state", {}).get("request_id", "?")
+    SERVER.exception("unhandled error", extra={"fields": {"request_id": rid}})
+    return JSONResponse(
+        {"error": {"type": "internal_error", "message": f"internal error (request id {rid})"}},
+        status_code=500,
+    )
+
+
+class DirectInfer:
+    """Pure ASGI middleware: ``POST /infer/{task}`` goes straight to its endpoint, past
+    FastAPI's routing, middleware chain and exception machinery, which cost about a third
+    of a level-1 request's CPU. The endpoint, the API-key check and the error responses
+    are the ones the routed path uses; anything else (other methods, other paths) is left
+    to FastAPI, which also still documents the route."""
+
+    def __init__(self, app: ASGIApp, api_keys: list[str]) -> None:
+        self.app = app
+        self.api_keys = api_keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = _infer_task(scope)
+        if task is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            check_key(request, self.api_keys)
+            response = await infer_endpoint(task, request)
+        except ServeError as e:
+            response = error_response(e)
+        except Exception:
+            response = internal_error_response(request)
+        await response(scope, receive, send)
+
+
+def _infer_task(scope: Scope) -> str | None:
+    """The task of a ``POST /infer/{task}`` request (one path segment), else None."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if not path.startswith("/infer/"):
+        return None
+    task = path[len("/infer/") :]
+    return task if task and "/" not in task else None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """One JSON shape for every error: ours, FastAPI's validation, Starlette's routing."""
 
@@ -122,12 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        rid = request.scope.get("state", {}).get("request_id", "?")
-        SERVER.exception("unhandled error", extra={"fields": {"request_id": rid}})
-        return JSONResponse(
-            {"error": {"type": "internal_error", "message": f"internal error (request id {rid})"}},
-            status_code=500,
-        )
+        return internal_error_response(request)
 
     app.add_exception_handler(ServeError, serve_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -228,5 +275,7 @@ def create_app(
     app.include_router(oip_router, dependencies=guarded)
     app.include_router(oip_health_router, dependencies=guarded if settings.protect_health else [])
     app.include_router(ops_router(settings))
+    # Added last, so outermost: RequestContext wraps DirectInfer, which wraps the routes.
+    app.add_middleware(DirectInfer, api_keys=settings.api_keys)
     app.add_middleware(RequestContext)
     return app

@@ -313,6 +313,9 @@ async def test_transport_level_errors(serve: ServeFactory) -> None:
     [
         ("GET", "/nope", 404, "not_found", "no route /nope; see /docs for the API"),
         ("POST", "/infer", 404, "not_found", "no route /infer; see /docs for the API"),
+        ("POST", "/infer/", 404, "not_found", "no route /infer/; see /docs for the API"),
+        ("POST", "/infer/digits/extra", 404, "not_found", "no route /infer/digits/extra; see /docs for the API"),
+        ("PUT", "/infer/digits", 405, "method_not_allowed", "PUT is not allowed on /infer/digits"),
         ("GET", "/v1/models/digits/levels/x/y", 404, "not_found", "no route /v1/models/digits/levels/x/y; see /docs for the API"),
         ("GET", "/infer/digits", 405, "method_not_allowed", "GET is not allowed on /infer/digits"),
         ("POST", "/v1/models", 405, "method_not_allowed", "POST is not allowed on /v1/models"),
@@ -326,6 +329,28 @@ async def test_routing_errors_share_the_error_shape(
     r = await client.request(method, url)
     assert error_of(r) == (status, kind, message)
     assert r.headers["content-type"] == "application/json"
+
+
+async def test_a_bug_in_the_infer_path_is_a_500_naming_the_request_id(
+    client: AppClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``POST /infer/{task}`` skips FastAPI's routing (server/app.py ``DirectInfer``); an
+    exception that is not a ServeError still gets the one error shape, with the request id
+    to find the logged traceback, and the server goes on."""
+
+    async def broken(task: str, request: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("server.app.infer_endpoint", broken)
+    r = await client.post(
+        "/infer/digits", json={"inputs": example("digits", 0).tolist()},
+        headers={"x-request-id": "req-42"},
+    )  # fmt: skip
+    assert error_of(r) == (500, "internal_error", "internal error (request id req-42)")
+    assert r.headers["x-request-id"] == "req-42"
+    assert any(rec.message == "unhandled error" and rec.exc_info for rec in caplog.records)
+    monkeypatch.undo()
+    assert (await client.get("/healthz")).status_code == 200
 
 
 # -- /plan --------------------------------------------------------------------------------
