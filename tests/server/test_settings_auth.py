@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from server.runtime import default_torch_threads
 from server.settings import Settings, SettingsError, demo_checkpoint, load_settings
 from tests.conftest import AppClient, ServeFactory
 from tests.server.helpers import error_of, example
@@ -318,3 +320,24 @@ async def test_json_logs(serve: ServeFactory, capsys: pytest.CaptureFixture[str]
     assert isinstance(ok["latency_ms"], float)
     assert (bad["status"], bad["outcome"], bad["budget"]) == (422, "invalid_budget", "5xs")
     assert all(set(d) >= {"time", "severity", "logger", "message"} for d in docs)
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (16, 15)])
+def test_torch_threads_default_leaves_the_event_loop_a_core(
+    monkeypatch: pytest.MonkeyPatch, cores: int, expected: int
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_torch_threads(torch.device("cpu")) == expected
+    assert default_torch_threads(torch.device("cuda")) is None  # torch's own default there
+
+
+async def test_unset_torch_threads_takes_the_default(serve: Any) -> None:
+    before = torch.get_num_threads()
+    expected = default_torch_threads(torch.device("cpu"))
+    assert expected is not None
+    torch.set_num_threads(expected + 1)  # so that the server's start must change it
+    try:
+        await serve(torch_threads=None)
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
