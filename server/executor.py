@@ -24,27 +24,35 @@ class NonFiniteOutput(RuntimeError):
     """The model produced NaN or Inf for a batch."""
 
 
-def model_forward(model: DVN, device: torch.device) -> ForwardFn:
+def model_forward(model: DVN, device: torch.device, *, plans: bool = True) -> ForwardFn:
     """The forward the executor runs: one level on one batch, softmax on the device.
 
-    Each (task, level) runs through its :class:`LevelPlan` (weight slices copied out once,
-    batch norm folded into the convolutions), built from the model's weights the first
-    time that level runs: a level then costs its own share of the weights in memory, and a
-    small level's forward is not dominated by slicing and normalising full-width weights.
-    The server never changes the weights, so a plan never goes stale. Inputs are checked
-    by the decoder, not again here.
+    With ``plans`` each (task, level) runs through its :class:`LevelPlan` (weight slices
+    copied out once, batch norm folded into the convolutions), built from the model's
+    weights the first time that level runs: a level then costs its own share of the weights
+    in memory, and a small level's forward is not dominated by slicing and normalising
+    full-width weights. The server never changes the weights, so a plan never goes stale.
+    Without, every level runs on the one set of weights (``model(x, task, level)``): no
+    memory beyond the checkpoint, slower small levels. Inputs are checked by the decoder,
+    not again here.
     """
-    plans: dict[tuple[int, int], LevelPlan] = {}
+    built: dict[tuple[int, int], LevelPlan] = {}
+
+    def run(task: int, level: int, x: torch.Tensor) -> torch.Tensor:
+        if not plans:
+            out: torch.Tensor = model(x, task, level)
+            return out
+        plan = built.get((task, level))
+        if plan is None:
+            plan = built[(task, level)] = LevelPlan.build(model, task, level)
+        return plan(x)
 
     def forward(task: int, level: int, inputs: np.ndarray) -> np.ndarray:
-        plan = plans.get((task, level))
-        if plan is None:
-            plan = plans[(task, level)] = LevelPlan.build(model, task, level)
         with torch.inference_mode():
             x = torch.from_numpy(inputs)
             if x.device != device:
                 x = x.to(device, non_blocking=True)
-            probs = torch.softmax(plan(x).float(), dim=1)
+            probs = torch.softmax(run(task, level, x).float(), dim=1)
             out: np.ndarray = probs.cpu().numpy()
         return out
 

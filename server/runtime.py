@@ -54,7 +54,7 @@ class Runtime:
             self.checkpoint = await asyncio.to_thread(load, s.checkpoint, device)
         else:
             self.checkpoint.model.to(device).eval()
-        forward = model_forward(self.checkpoint.model, device)
+        forward = model_forward(self.checkpoint.model, device, plans=s.level_plans)
         if self.forward_wrapper is not None:
             forward = self.forward_wrapper(forward)
         executor = Executor(forward)

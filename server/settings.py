@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     torch_threads: int | None = Field(default=None, ge=1)
+    level_plans: bool = Field(
+        default=True,
+        description="run each level on its own folded copy of its weights (faster small "
+        "levels, up to the sum of every level's param_bytes more memory)",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

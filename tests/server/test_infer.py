@@ -209,6 +209,20 @@ async def test_pinned_level(client: AppClient, reference: Checkpoint, level: int
     check_answer(reference, doc, x)
 
 
+@pytest.mark.parametrize("level_plans", [True, False])
+async def test_every_level_answers_with_and_without_level_plans(
+    serve: ServeFactory, reference: Checkpoint, level_plans: bool
+) -> None:
+    """``DVN_LEVEL_PLANS``: folded per-level copies (the default) or the one set of
+    weights; either way every level's answer is the model's."""
+    client = await serve(level_plans=level_plans)
+    for level in LEVELS:
+        x = example("shapes", 20 + level, batch=3)
+        r = await client.post(f"/infer/shapes?level={level}", json={"inputs": x.tolist()})
+        assert r.status_code == 200, r.text
+        check_answer(reference, r.json(), x)
+
+
 async def test_pinned_level_reports_the_budget_it_misses(client: AppClient) -> None:
     r = await client.post(
         "/infer/digits?level=4&budget=1B", json={"inputs": example("digits", 0).tolist()}
