@@ -49,8 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
     from model_store.checkpoint import load
     from server.app import create_app
     from server.logs import SERVER, configure_logging
-    from server.runtime import pick_device
-    from server.serving import FINAL_GRACE_S, DrainingServer
+    from server.runtime import FINAL_GRACE_S, pick_device
+    from server.serving import DrainingServer
     from server.settings import load_settings
 
     settings = load_settings(

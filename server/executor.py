@@ -38,21 +38,21 @@ def model_forward(model: DVN, device: torch.device, *, plans: bool = True) -> Fo
     """
     built: dict[tuple[int, int], LevelPlan] = {}
 
-    def run(task: int, level: int, x: torch.Tensor) -> torch.Tensor:
-        if not plans:
-            out: torch.Tensor = model(x, task, level)
-            return out
+    def planned(x: torch.Tensor, task: int, level: int) -> torch.Tensor:
         plan = built.get((task, level))
         if plan is None:
             plan = built[(task, level)] = LevelPlan.build(model, task, level)
         return plan(x)
+
+    # (x, task, level), as the model itself is called
+    run: Callable[[torch.Tensor, int, int], torch.Tensor] = planned if plans else model
 
     def forward(task: int, level: int, inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(inputs)
             if x.device != device:
                 x = x.to(device, non_blocking=True)
-            probs = torch.softmax(run(task, level, x).float(), dim=1)
+            probs = torch.softmax(run(x, task, level).float(), dim=1)
             out: np.ndarray = probs.cpu().numpy()
         return out
 

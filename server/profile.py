@@ -22,9 +22,6 @@ class LatencyProfile:
     # preempted on a busy machine can take 50 times its usual time once, and one such
     # sample must not make a level look unusable (selection would move everything off it).
     max_step: float = 4.0
-    _sizes: dict[LevelKey, tuple[dict[int, float], list[int]]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
 
     def record(self, key: LevelKey, batch: int, seconds: float) -> None:
         """Blend an observed forward time into the profile: the observation, clamped to
@@ -52,13 +49,7 @@ class LatencyProfile:
         seconds = row.get(batch)
         if seconds is not None:  # the common case: a measured size, asked per request
             return seconds
-        cached = self._sizes.get(key)
-        if cached is None or cached[0] is not row or len(cached[1]) != len(row):
-            # Sizes are only ever added to a row (record, the start-up profile): a new row
-            # or a new length is a change, so the sort runs once per new size, not once
-            # per prediction.
-            cached = self._sizes[key] = (row, sorted(row))
-        sizes = cached[1]
+        sizes = sorted(row)  # a handful of sizes; only for sizes never measured
         i = bisect.bisect_left(sizes, batch)
         if i == 0:
             return row[sizes[0]]

@@ -31,6 +31,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# After a drain timeout: how long the refused requests' answers and the running batch get.
+FINAL_GRACE_S = 2.0
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -124,22 +128,40 @@ class Runtime:
             "ready", extra={"fields": {"warmup_s": round(time.perf_counter() - started, 2)}}
         )
 
+    async def drain(self) -> None:
+        """Refuse new work and answer what was accepted, for at most ``drain_timeout_s``;
+        past it, answer every request still queued with 503 (retry elsewhere) rather than
+        drop its connection, and give the batch running then ``FINAL_GRACE_S``. Idempotent:
+        a second call finds nothing in flight."""
+        self.ready = False
+        service = self.service
+        if service is None:
+            return
+        service.draining = True
+        timeout = self.settings.drain_timeout_s
+        if await service.wait_idle(timeout):
+            return
+        failed = service.batcher.fail_queued(
+            NotReady(
+                f"the server shut down before this request was computed (drain timeout "
+                f"DVN_DRAIN_TIMEOUT_S={timeout:g} s); retry on another replica",
+                retry_after_s=1,
+            )
+        )
+        SERVER.warning(
+            "drain timed out", extra={"fields": {"inflight": service.inflight, "refused": failed}}
+        )
+        await service.wait_idle(FINAL_GRACE_S)
+
     async def stop(self) -> None:
-        """Drain: refuse new work, answer what was accepted, then stop the batcher."""
+        """Drain (see :meth:`drain`), then stop the batcher and the executor."""
         if self.warmup is not None and not self.warmup.done():
             self.warmup.cancel()
         if self.lag_watch is not None:
             self.lag_watch.cancel()
         if self.service is None:
             return
-        self.service.draining = True
-        self.ready = False
-        finished = await self.service.wait_idle(self.settings.drain_timeout_s)
-        if not finished:
-            SERVER.warning(
-                "drain timeout: requests still in flight",
-                extra={"fields": {"inflight": self.service.inflight}},
-            )
+        await self.drain()
         await self.service.batcher.stop()
         self.service.executor.shutdown()
 
