@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
 from model_store.checkpoint import Checkpoint
-from server.batching import Batcher
-from tests.conftest import AppClient, ServeFactory, wait_until
+from tests.conftest import ServeFactory, wait_until
 from tests.server.helpers import (
     BLOCK,
     MARK,
@@ -24,36 +21,10 @@ from tests.server.helpers import (
     error_of,
     example,
     holds,
-    parse_metrics,
-    predicted,
     sample,
     series,
 )
-
-DIGITS, SHAPES = 0, 1  # task indices
-
-
-def post(
-    client: AppClient, task: str, x: np.ndarray, query: str = ""
-) -> asyncio.Task[httpx.Response]:
-    """Send in the background; the request is on its way once the loop runs."""
-    return asyncio.create_task(client.post(f"/infer/{task}{query}", json={"inputs": x.tolist()}))
-
-
-async def metrics(client: AppClient) -> Any:
-    r = await client.get("/metrics")
-    assert r.status_code == 200
-    return parse_metrics(r.text)
-
-
-def batcher(client: AppClient) -> Batcher:
-    found: Batcher = client.app.state.runtime.service.batcher
-    return found
-
-
-async def queued(client: AppClient, task: str, level: int, depth: int) -> None:
-    b = batcher(client)
-    await wait_until(lambda: b.depth((task, level)) == depth, 10, f"{task}/{level} depth")
+from tests.server.queues import SHAPES, batcher, metrics, post, queued
 
 
 async def test_64_concurrent_requests_batch_and_each_gets_its_own_answer(
@@ -282,174 +253,6 @@ async def test_inflight_bound_refuses_before_reading_the_body(serve: ServeFactor
     samples = await metrics(client)
     assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 2  # fmt: skip
     assert sample(samples, "dvn_inflight_requests") == 0
-
-
-OVERDUE = re.compile(
-    r"the latency budget of this task 'digits' request ran out \d+\.\d ms ago while it was "
-    r"queued; not computed \(nothing is computed after its deadline\): retry with a larger "
-    r"budget, or none"
-)
-
-
-async def test_deadline_rechecked_when_the_batch_forms(serve: ServeFactory) -> None:
-    recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
-    late_x = example("digits", 40, mark=MARK)
-    try:
-        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
-        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        await asyncio.sleep(0.1)  # past the running forward's predicted end
-        late = post(client, "digits", late_x, "?budget=250ms&on_miss=reject")
-        await wait_until(lambda: batcher(client).total_queued() == 1, 10, "queued")
-        await asyncio.sleep(0.3)  # the deadline passes while it waits
-    finally:
-        recorder.release.set()
-    status, kind, message = error_of(await late)
-    assert (status, kind) == (504, "deadline_exceeded")
-    assert OVERDUE.fullmatch(message), message
-    assert (await running).status_code == 200
-    assert recorder.seen(holds(MARK)) == []  # never computed
-    samples = await metrics(client)
-    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 1
-    assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 1  # fmt: skip
-
-
-async def test_the_deadline_is_checked_per_request_of_a_batch(
-    serve: ServeFactory, reference: Checkpoint
-) -> None:
-    """One queue holding requests out of time (on_miss=reject), in time, and without a
-    budget: the batch that forms computes exactly the ones that can still be answered."""
-    recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
-    late_xs = [example("digits", 60 + i, mark=MARK) for i in range(2)]
-    kept = [  # (query, input): no budget, and a budget it can still meet
-        ("", example("digits", 62)),
-        ("?budget=30s&on_miss=reject", example("digits", 63)),
-        ("", example("digits", 64)),
-    ]
-    try:
-        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
-        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        await asyncio.sleep(0.1)  # past the running forward's predicted end
-        late = [post(client, "digits", x, "?budget=250ms&on_miss=reject") for x in late_xs[:1]]
-        await queued(client, "digits", 4, 1)
-        kept_calls = [post(client, "digits", kept[0][1], kept[0][0])]
-        await queued(client, "digits", 4, 2)
-        late.append(post(client, "digits", late_xs[1], "?budget=250ms&on_miss=reject"))
-        await queued(client, "digits", 4, 3)
-        kept_calls += [post(client, "digits", x, q) for q, x in kept[1:]]
-        await queued(client, "digits", 4, 5)
-        recorder.clear()
-        await asyncio.sleep(0.3)  # the 250 ms deadlines pass while they wait
-    finally:
-        recorder.release.set()
-    assert (await running).status_code == 200
-    for call in late:
-        status, kind, message = error_of(await call)
-        assert (status, kind) == (504, "deadline_exceeded")
-        assert OVERDUE.fullmatch(message), message
-    for (query, x), call in zip(kept, kept_calls, strict=True):
-        r = await call
-        assert r.status_code == 200, (query, r.text)
-        assert r.json()["level"] == 4
-        check_answer(reference, r.json(), x[None])
-    # One batch at level 4, of the three kept requests in arrival order; no late one in it.
-    assert [(t, lv) for t, lv, _ in recorder.batches] == [(DIGITS, 4)]
-    np.testing.assert_array_equal(recorder.batches[0][2], np.stack([x for _, x in kept]))
-    assert recorder.seen(holds(MARK)) == []
-    samples = await metrics(client)
-    assert sample(samples, "dvn_batch_size_sum", task="digits", level="4") == 3
-    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 2
-    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="met") == 1
-
-
-@pytest.mark.parametrize("query", ["?budget=250ms", "?level=3&budget=250ms"])
-async def test_overdue_request_is_never_computed_even_with_degrade(
-    serve: ServeFactory, query: str
-) -> None:
-    """Its deadline passed while it waited: an answer now could only be late, so it is not
-    computed at any level (504), degrade or pinned alike."""
-    recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
-    try:
-        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=2")
-        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        await asyncio.sleep(0.1)  # past the running forward's predicted end
-        late = post(client, "digits", example("digits", 41, mark=MARK), query)
-        await wait_until(lambda: batcher(client).total_queued() == 1, 10, "queued")
-        await asyncio.sleep(0.3)  # the deadline passes while it waits
-    finally:
-        recorder.release.set()
-    status, kind, message = error_of(await late)
-    assert (status, kind) == (504, "deadline_exceeded")
-    assert OVERDUE.fullmatch(message), message
-    assert recorder.seen(holds(MARK)) == []
-    assert (await running).status_code == 200
-    samples = await metrics(client)
-    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 1
-    assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 1  # fmt: skip
-
-
-async def test_request_its_level_cannot_make_in_time_degrades_before_the_deadline(
-    serve: ServeFactory, reference: Checkpoint
-) -> None:
-    """Queued at level 4, which is then predicted too slow for the time left: moved to the
-    largest smaller level predicted in time, computed there (once), budget met."""
-    recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
-    x = example("digits", 43, mark=MARK)
-    try:
-        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
-        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        pending = post(client, "digits", x, "?budget=20s")
-        await queued(client, "digits", 4, 1)
-    finally:
-        with predicted(client, "digits", range(3, 5), 60.0):  # levels 3, 4: a minute each
-            recorder.release.set()
-            r = await pending
-    assert r.status_code == 200, r.text
-    doc = r.json()
-    assert (doc["level"], doc["selection"], doc["budget"]["met"]) == (2, "degraded", True)
-    check_answer(reference, doc, x[None])
-    assert recorder.seen(holds(MARK)) == [(DIGITS, 2)]  # computed once, at level 2
-    assert (await running).status_code == 200
-    samples = await metrics(client)
-    assert sample(samples, "dvn_level_selected_total", task="digits", level="2", reason="degraded") == 1  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("query", "status", "level"),
-    [("?level=3&budget=20s", 200, 3), ("?budget=20s&on_miss=reject", 504, None)],
-)
-async def test_predicted_late_before_the_deadline_pinned_is_served_reject_is_not(
-    serve: ServeFactory, query: str, status: int, level: int | None
-) -> None:
-    recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
-    queued_at = 3 if "level=3" in query else 4
-    try:
-        running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
-        await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        pending = post(client, "digits", example("digits", 44, mark=MARK), query)
-        await queued(client, "digits", queued_at, 1)
-    finally:
-        with predicted(client, "digits", range(1, 5), 60.0):  # no level in time
-            recorder.release.set()
-            r = await pending
-    assert r.status_code == status, r.text
-    if level is not None:  # pinned with degrade: its level, reported as it turned out
-        assert (r.json()["level"], r.json()["selection"]) == (level, "pinned")
-        assert recorder.seen(holds(MARK)) == [(DIGITS, level)]
-    else:
-        _, kind, message = error_of(r)
-        assert kind == "deadline_exceeded"
-        assert re.fullmatch(
-            r"the latency budget of this task 'digits' request has \d+\.\d ms left, and "
-            r"level 4 is predicted to take 60000\.0 ms; not computed \(on_miss=reject\)",
-            message,
-        ), message
-        assert recorder.seen(holds(MARK)) == []
-    assert (await running).status_code == 200
 
 
 async def test_request_larger_than_max_batch_size_runs_as_one_forward(
