@@ -3,11 +3,14 @@ closed by size or delay, outputs checked against inputs, a failed batch failing 
 own futures).
 
 One queue per (task, level); one scheduler loop feeds the single executor, serving the
-queue whose head has waited longest. A batch closes at ``max_batch_size`` examples, at
-``max_batch_delay`` after its head arrived, or at once when no other request is on its
-way in (waiting then would only add latency). At dequeue every request with a latency
-deadline is re-checked: one whose deadline has passed is never computed (504); one that its
-level can no longer answer in time moves to the largest smaller level that can
+most urgent queue first: earliest deadline first, a request without a latency budget
+counting as due ``NO_BUDGET_YIELD_S`` after it was queued (it yields to budgeted ones that
+long, and no longer). A batch closes at ``max_batch_size`` examples, at
+``max_batch_delay`` after its head arrived, at once when no other request is on its way
+in (waiting then would only add latency), and never later than a queued request must
+start to meet its deadline. At dequeue every request with a latency deadline is
+re-checked: one whose deadline has passed is never computed (504); one that its level
+can no longer answer in time moves to the largest smaller level that can
 (``on_miss=degrade``; level 1 when none can) or fails with 504 (``on_miss=reject``); a
 request whose client went away is dropped uncomputed.
 """
@@ -27,6 +30,9 @@ from server.errors import DeadlineExceeded, InferenceFailed, ServeError
 from server.executor import Executor
 from server.profile import LatencyProfile, LevelKey
 from server.selection import OnMiss, Reason
+
+# How long a request without a latency budget lets budgeted ones go first.
+NO_BUDGET_YIELD_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class Batcher:
         max_batch_delay_s: float,
         arriving: Callable[[], int],
         on_batch: Callable[[BatchEvent], None],
+        inline_s: float = 0.0,
     ) -> None:
         self.executor = executor
         self.profile = profile
@@ -93,6 +100,10 @@ class Batcher:
         self.max_batch_delay_s = max_batch_delay_s
         self._arriving = arriving  # requests admitted but not yet queued
         self._on_batch = on_batch
+        # Forwards predicted at most this long run on the loop's thread when nothing else
+        # is queued or on its way in: the hand-off to the executor thread and back costs
+        # more than they do, and the loop has nothing else to do meanwhile.
+        self.inline_s = inline_s
         self.queues: dict[LevelKey, deque[Pending]] = {}
         self.queued_examples: dict[LevelKey, int] = {}
         self.busy_until = 0.0  # predicted end of the forward running now
@@ -147,13 +158,31 @@ class Batcher:
                     failed += 1
         return failed
 
-    def _oldest(self) -> LevelKey | None:
-        heads = [(q[0].enqueued, k) for k, q in self.queues.items() if q]
-        return min(heads)[1] if heads else None
+    def urgency(self, pending: Pending) -> float:
+        """When ``pending`` must start: its deadline, or, without a budget,
+        ``NO_BUDGET_YIELD_S`` after it was queued (it yields to budgeted requests that long,
+        no longer: nothing starves)."""
+        if pending.deadline is not None:
+            return pending.deadline
+        return pending.enqueued + NO_BUDGET_YIELD_S
+
+    def _most_urgent(self) -> LevelKey | None:
+        """The queue to serve next: earliest deadline first, over the requests a batch of
+        each queue would take."""
+        best: tuple[float, LevelKey] | None = None
+        for key, queue in self.queues.items():
+            if not queue:
+                continue
+            urgent = min(
+                self.urgency(queue[i]) for i in range(min(len(queue), self.max_batch_size))
+            )
+            if best is None or urgent < best[0]:
+                best = (urgent, key)
+        return None if best is None else best[1]
 
     async def _run(self) -> None:
         while True:
-            key = self._oldest()
+            key = self._most_urgent()
             if key is None:
                 self._wake.clear()
                 await self._wake.wait()
@@ -166,10 +195,13 @@ class Batcher:
     async def _fill(self, key: LevelKey) -> None:
         """Wait, at most until the head's delay runs out, while the batch is not full and
         more requests are on their way in."""
-        head = self.queues[key][0]
-        close_at = head.enqueued + self.max_batch_delay_s
+        queue = self.queues[key]
+        close_at = queue[0].enqueued + self.max_batch_delay_s
         while self.queued_examples[key] < self.max_batch_size and self._arriving() > 0:
-            remaining = close_at - time.perf_counter()
+            # Never wait into a queued request's slack: it must still start in time.
+            n = self.queued_examples[key]
+            start_by = min(self.urgency(p) for p in queue) - self.profile.forward_s(key, n + 1)
+            remaining = min(close_at, start_by) - time.perf_counter()
             if remaining <= 0:
                 return
             self._wake.clear()
@@ -247,9 +279,13 @@ class Batcher:
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         n = int(inputs.shape[0])
         started = time.perf_counter()
-        self.busy_until = started + self.profile.forward_s(key, n)
+        expected = self.profile.forward_s(key, n)
+        self.busy_until = started + expected
+        inline = expected <= self.inline_s and self._arriving() == 0 and not self.total_queued()
         try:
-            probs, seconds = await self.executor.run(batch[0].task_index, level, inputs)
+            probs, seconds = await self.executor.run(
+                batch[0].task_index, level, inputs, inline=inline
+            )
             if probs.shape[0] != n:
                 raise RuntimeError(f"forward returned {probs.shape[0]} rows for {n} examples")
         except Exception as e:  # a failing batch fails only its own requests

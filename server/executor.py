@@ -66,8 +66,14 @@ class Executor:
         self.forward = forward
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvn-executor")
 
-    async def run(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
-        """Probabilities for ``inputs`` and the forward's wall time in seconds."""
+    async def run(
+        self, task: int, level: int, inputs: np.ndarray, *, inline: bool = False
+    ) -> tuple[np.ndarray, float]:
+        """Probabilities for ``inputs`` and the forward's wall time in seconds; with
+        ``inline``, computed on the calling (event loop's) thread, which it blocks meanwhile.
+        The caller runs one forward at a time either way."""
+        if inline:
+            return self._timed(task, level, inputs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._timed, task, level, inputs)
 

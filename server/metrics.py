@@ -4,7 +4,7 @@ prometheus_client objects."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -177,6 +177,7 @@ class Metrics:
         """A request's time in its level's queue."""
         self._child(self.queue_wait, task, str(level)).observe(seconds)
 
-    def predicted(self, *, task: str, level: int, seconds: float) -> None:
-        """The latency a request at ``level`` is predicted to see now."""
-        self._child(self.predicted_latency, task, str(level)).set(seconds)
+    def watch_predicted(self, *, task: str, level: int, predict: Callable[[], float]) -> None:
+        """Report ``predict()`` (the latency one example at ``level`` would see now) at
+        each scrape, rather than setting it on every request."""
+        self._child(self.predicted_latency, task, str(level)).set_function(predict)

@@ -280,6 +280,7 @@ async def _infer(request: Request, task: str, version: str | None) -> Response:
             log.update(budget=params.budget)
             budget = parse_budget(params.budget)
             service.check_level(entry, params.level)
+            service.check_backlog(budget, handling.ticket)  # after the body: it holds the budget
             names = requested_outputs(infer_request, task)
             spec = service.spec(task)
             array, pixels = input_array(infer_request, task)

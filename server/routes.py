@@ -117,6 +117,7 @@ async def infer(task: str, request: Request) -> Response:
             entry = service.task(task)
             parsed = parse_budget(query.budget)
             service.check_level(entry, query.level)
+            service.check_backlog(parsed, handling.ticket)
             body = await read_body(request, settings.max_body_bytes)
             inputs = decode(
                 body,
@@ -162,7 +163,7 @@ async def plan(
 ) -> dict[str, Any]:
     entry = service.task(task)
     parsed: Budget | None = parse_budget(budget)
-    options = service.options(entry, examples)
+    options = service.options(entry, examples, parsed)
     chosen: dict[str, Any] = {"level": None, "selection": None, "budget_met": None, "error": None}
     try:
         sel = select_level(entry.name, options, parsed, on_miss=on_miss)

@@ -4,6 +4,7 @@ the inference service once warmed up. Built in the lifespan; nothing global."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -121,8 +122,10 @@ class Runtime:
             SERVER.exception("warm-up failed: the server will not turn ready")
             return
         service.profile.table.update(profile.table)
-        for (task, level), row in profile.table.items():
-            service.metrics.predicted(task=task, level=level, seconds=row[1] + service.overhead_s)
+        for task, level in profile.table:
+            service.metrics.watch_predicted(
+                task=task, level=level, predict=functools.partial(service.predicted_s, task, level)
+            )
         self.ready = True
         SERVER.info(
             "ready", extra={"fields": {"warmup_s": round(time.perf_counter() - started, 2)}}

@@ -5,9 +5,11 @@ test it; ``server.service`` feeds it live numbers.
 Rules (DESIGN.md, budget rules):
 
 * A pinned level is served as asked (``pinned``).
-* Among the levels that fit every constraint, the most accurate (manifest accuracy; the
-  largest level where none is recorded; ties go to the larger level). Reason ``budget``,
-  or ``default`` with no budget.
+* Among the levels that fit every constraint, the one with the highest expected accuracy:
+  manifest accuracy times the chance it meets the latency budget (``meet_probability``,
+  from the recent prediction errors, ``server.misses``; 1 without a latency budget). The
+  largest level where no accuracy is recorded; ties go to the larger level. Reason
+  ``budget``, or ``default`` with no budget.
 * A memory budget below the smallest level is an error naming that level's size.
 * A latency budget no level meets: ``degrade`` serves the smallest level (``degraded``),
   ``reject`` is a 503 with ``Retry-After``.
@@ -37,6 +39,8 @@ class LevelOption:
     accuracy: float | None
     predicted_latency_s: float
     queue_full: bool = False
+    meet_probability: float = 1.0  # chance of answering within the latency budget
+    within_capacity: bool = True  # the executor keeps up at today's rate (server.capacity)
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,12 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _rank(option: LevelOption) -> tuple[float, int]:
-    return (option.accuracy if option.accuracy is not None else -1.0, option.level)
+def _rank(option: LevelOption, weigh: bool) -> tuple[float, int]:
+    """Expected accuracy (accuracy x chance of meeting the latency budget when ``weigh``),
+    then the level."""
+    if option.accuracy is None:
+        return (-1.0, option.level)
+    return (option.accuracy * (option.meet_probability if weigh else 1.0), option.level)
 
 
 def fits_memory(option: LevelOption, budget: Budget | None) -> bool:
@@ -109,7 +117,15 @@ def select_level(
             f"{smallest.param_bytes} B ({human_bytes(smallest.param_bytes)}); raise the budget "
             "to at least that"
         )
-    meeting = sorted((o for o in in_memory if fits_latency(o, budget)), key=_rank, reverse=True)
+    timed = budget is not None and budget.latency_s is not None
+    meeting = sorted(
+        (o for o in in_memory if fits_latency(o, budget)),
+        key=lambda o: _rank(o, timed),
+        reverse=True,
+    )
+    if timed:
+        # Under sustained load, latency budgets stay at levels the executor keeps up with.
+        meeting = [o for o in meeting if o.within_capacity] or meeting[-1:]
     reason: Reason = "default" if budget is None else "budget"
     if not meeting:
         assert budget is not None and budget.latency_s is not None

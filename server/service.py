@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
 from server.batching import Batcher, BatchEvent, BatchResult, Pending
 from server.budget import Budget
+from server.capacity import TARGET_BUSY, EventRate, level_ceiling
 from server.errors import (
     BudgetUnsatisfiable,
     DeadlineExceeded,
@@ -29,10 +31,15 @@ from server.errors import (
 )
 from server.executor import Executor
 from server.metrics import Metrics
+from server.misses import PredictionErrors
 from server.outcome import Answer, ClientDisconnected, Handling, Ticket, outcome_of
-from server.profile import LatencyProfile, QueueState, predict_latency
+from server.profile import LatencyProfile, LevelKey, QueueState, predict_latency
 from server.selection import LevelOption, OnMiss, Selection, select_level
 from server.settings import Settings
+
+# A request is refused up front when the backlog in flight is expected to take this many
+# times its latency budget (that backlog is a mean: some requests get through faster).
+SHED_FACTOR = 4.0
 
 
 class InferenceService:
@@ -65,6 +72,13 @@ class InferenceService:
         # How late the event loop runs its callbacks (kept current by Runtime): a busy loop
         # delays every answer by about that much, outside any queue the batcher sees.
         self.loop_lag_s = 0.0
+        # measured - predicted of recent budgeted requests, by the level selected for them
+        self.errors: defaultdict[LevelKey, PredictionErrors] = defaultdict(PredictionErrors)
+        self.arrivals = EventRate()  # examples a second, every task
+        # Requests past the backlog check and still in flight, and how fast they finish:
+        # by Little's law their ratio is how long a new one will take to get through.
+        self.serving = 0
+        self.served = EventRate()
         self._idle = asyncio.Event()
         self._idle.set()
         self.batcher = Batcher(
@@ -74,6 +88,7 @@ class InferenceService:
             max_batch_delay_s=settings.max_batch_delay_ms / 1e3,
             arriving=lambda: self.arriving,
             on_batch=self._batch_done,
+            inline_s=settings.inline_forward_ms / 1e3,
         )
 
     # -- lookups ---------------------------------------------------------------------
@@ -124,10 +139,41 @@ class InferenceService:
     def queue_state(self) -> QueueState:
         return QueueState(self.batcher.busy_remaining_s(), dict(self.batcher.queued_examples))
 
-    def options(self, task: TaskEntry, examples: int) -> list[LevelOption]:
+    def predicted_s(self, task: str, level: int) -> float:
+        """The latency one example at ``level`` of ``task`` is predicted to see now."""
+        return predict_latency(
+            self.profile,
+            self.queue_state(),
+            (task, level),
+            1,
+            self.settings.max_batch_size,
+            self.overhead_s + self.loop_lag_s,
+        )
+
+    def options(
+        self,
+        task: TaskEntry,
+        examples: int,
+        budget: Budget | None = None,
+        only: int | None = None,
+    ) -> list[LevelOption]:
+        """Every level of ``task`` (or level ``only``) as selection sees it now; with a
+        latency budget, each with its chance of meeting it given the recent prediction
+        errors, and whether it is under the capacity ceiling."""
         state = self.queue_state()
+        latency = None if budget is None else budget.latency_s
+        ceiling = len(task.levels)
+        if latency is not None and only is None:
+            ceiling = level_ceiling(
+                self.profile,
+                task.name,
+                [lv.level for lv in task.levels],
+                self.arrivals.per_s(),
+                self.settings.max_batch_size,
+                TARGET_BUSY,
+            )
         found = []
-        for lv in task.levels:
+        for lv in task.levels if only is None else task.levels[only - 1 : only]:
             key = (task.name, lv.level)
             predicted = predict_latency(
                 self.profile,
@@ -137,7 +183,6 @@ class InferenceService:
                 self.settings.max_batch_size,
                 self.overhead_s + self.loop_lag_s,
             )
-            self.metrics.predicted(task=task.name, level=lv.level, seconds=predicted)
             found.append(
                 LevelOption(
                     level=lv.level,
@@ -145,6 +190,10 @@ class InferenceService:
                     accuracy=None if lv.accuracy is None else lv.accuracy.value,
                     predicted_latency_s=predicted,
                     queue_full=self.batcher.depth(key) >= self.settings.max_queue_size,
+                    meet_probability=1.0
+                    if latency is None
+                    else self.errors[key].p_within(latency - predicted),
+                    within_capacity=lv.level <= ceiling,
                 )
             )
         return found
@@ -158,7 +207,7 @@ class InferenceService:
         on_miss: OnMiss,
     ) -> tuple[Selection, list[LevelOption]]:
         self.check_level(task, level)
-        options = self.options(task, examples)
+        options = self.options(task, examples, budget, only=level)  # pinned: that one only
         return select_level(task.name, options, budget, pinned=level, on_miss=on_miss), options
 
     # -- admission -----------------------------------------------------------------------
@@ -192,10 +241,41 @@ class InferenceService:
         finally:
             if not ticket.queued:
                 self.arriving -= 1
+            if ticket.serving:
+                self.serving -= 1
+                self.served.add(1)
             self.inflight -= 1
             self.metrics.inflight.set(self.inflight)
             if self.inflight == 0:
                 self._idle.set()
+
+    def check_backlog(self, budget: Budget | None, ticket: Ticket) -> None:
+        """Refuse, before its body is read, a request whose latency budget is under
+        1 / ``SHED_FACTOR`` of the time the requests already in flight are expected to take
+        to get through (in flight / finished per second, Little's law): it would only wait
+        out its deadline, and its work would slow the others. Otherwise count it in.
+
+        Raises:
+            ServerBusy: the backlog alone is expected to outlast the budget.
+        """
+        if budget is not None and budget.latency_s is not None:
+            batch = self.settings.max_batch_size
+            rate = self.served.per_s()
+            # Only with more in flight than one batch answers, and a steady flow to measure
+            # (a batch's worth finished in the last time constant): otherwise the queue's
+            # own predictions decide (503 or 504 with the reason).
+            flowing = self.serving > batch and rate * self.served.tau_s >= batch
+            backlog_s = self.serving / rate if flowing else 0.0
+            if backlog_s > SHED_FACTOR * budget.latency_s:
+                raise ServerBusy(
+                    f"the {self.serving} requests in flight are expected to take "
+                    f"{backlog_s * 1e3:.1f} ms to get through, over {SHED_FACTOR:g} times this "
+                    f"request's latency budget of {budget.latency_s * 1e3:g} ms; retry after "
+                    "Retry-After, raise the budget, or send to another replica",
+                    retry_after_s=backlog_s,
+                )
+        ticket.serving = True
+        self.serving += 1
 
     @contextlib.contextmanager
     def handling(self, task: str, log: dict[str, Any]) -> Iterator[Handling]:
@@ -260,6 +340,7 @@ class InferenceService:
             ServeError: every failure, typed.
         """
         examples = int(inputs.shape[0])
+        self.arrivals.add(examples)
         selection, _ = self.select(task, examples, budget, level, on_miss)
         deadline = None
         if budget is not None and budget.latency_s is not None:
@@ -281,7 +362,14 @@ class InferenceService:
         self.metrics.queued(
             task=task.name, level=selection.level, depth=self.batcher.depth(pending.key)
         )
-        result = await self._wait(pending, disconnected)
+        try:
+            result = await self._wait(pending, disconnected)
+        except DeadlineExceeded:
+            if budget is not None and budget.latency_s is not None:
+                self.errors[(task.name, selection.level)].missed(
+                    budget.latency_s - selection.predicted_latency_s
+                )
+            raise
         self.metrics.waited(task=task.name, level=result.level, seconds=result.queue_wait_s)
         now = time.perf_counter()
         measured = now - arrival
@@ -290,6 +378,9 @@ class InferenceService:
         if budget is not None:
             if budget.latency_s is not None:
                 latency_met = measured <= budget.latency_s
+                self.errors[(task.name, selection.level)].record(
+                    measured - selection.predicted_latency_s
+                )
             if budget.memory_bytes is not None:
                 memory_met = entry.param_bytes <= budget.memory_bytes
         self.overhead_s = 0.9 * self.overhead_s + 0.1 * max(

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     torch_threads: int | None = Field(default=None, ge=1)
+    inline_forward_ms: float = Field(
+        default=0.5,
+        ge=0,
+        le=100,
+        description="a forward predicted to take at most this long runs on the event loop's "
+        "thread when no other request is queued or arriving (no thread hand-off); 0: never",
+    )
     level_plans: bool = Field(
         default=True,
         description="run each level on its own folded copy of its weights (faster small "

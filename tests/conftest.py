@@ -131,6 +131,11 @@ async def serve(
             wait_ready: bool = True,
             **overrides: Any,
         ) -> AppClient:
+            if forward_wrapper is not None:
+                # A wrapped forward may block until the test releases it: on the event
+                # loop's thread that would stall the test itself. Tests of inline forwards
+                # ask for them.
+                overrides.setdefault("inline_forward_ms", 0.0)
             app = create_app(
                 server_settings(tiny_checkpoint, **overrides), forward_wrapper=forward_wrapper
             )

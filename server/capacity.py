@@ -1,0 +1,63 @@
+"""Keeping the executor's work per second under its capacity: the arrival rate, and the
+largest level the whole of a task's traffic can be served at without the executor falling
+behind.
+
+Selection per request sees only the queues of the moment; under sustained load that lets
+requests choose a level the executor cannot keep up with at that rate, the queues grow,
+and budgets pass in them. The ceiling looks at the rate instead: with ``rate`` examples a
+second arriving and batches of about ``batch`` examples, level ``L`` costs
+``rate * forward_s(L, batch) / batch`` seconds of executor time per second; budgeted
+requests are kept at levels whose cost stays under ``target`` (the whole queue moves, so
+batches do not split across levels).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from server.profile import LatencyProfile
+
+# Executor time per second the ceiling allows: headroom for bursts (Poisson arrivals) and
+# for forwards slowed by the web stack sharing the cores.
+TARGET_BUSY = 0.7
+
+
+@dataclass
+class EventRate:
+    """Events (examples, answers) a second: an exponentially decaying count with time
+    constant ``tau_s``."""
+
+    tau_s: float = 0.5
+    _rate: float = 0.0
+    _at: float = field(default_factory=time.perf_counter)
+
+    def add(self, events: int, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        self._rate = self.per_s(now) + events / self.tau_s
+        self._at = now
+
+    def per_s(self, now: float | None = None) -> float:
+        now = time.perf_counter() if now is None else now
+        return self._rate * math.exp(-max(0.0, now - self._at) / self.tau_s)
+
+
+def level_ceiling(
+    profile: LatencyProfile,
+    task: str,
+    levels: Sequence[int],
+    rate_per_s: float,
+    batch: int,
+    target: float,
+) -> int:
+    """The largest of ``levels`` whose executor time per second at ``rate_per_s`` examples
+    a second, in batches of ``batch``, is at most ``target``; the smallest when none is."""
+    batch = max(1, batch)
+    ceiling = min(levels)
+    for level in sorted(levels):
+        busy = rate_per_s * profile.forward_s((task, level), batch) / batch
+        if busy <= target:
+            ceiling = level
+    return ceiling
