@@ -37,6 +37,7 @@ class SuiteOptions:
     clients: tuple[int, ...] = (1, 16, 64)
     peer_levels: tuple[str, ...] = ("top", "1")
     points: int = 6
+    rounds: int = 2
     repeats: int = 30
     requests: int = 200
     budget_mix: str | None = None
@@ -88,6 +89,7 @@ def run_all(
             points=o.points,
             budget_mix=o.budget_mix,
             profile_iters=o.profile_iters,
+            rounds=o.rounds,
         ),
         "transport": lambda: run_transport(
             out, concurrencies=o.clients, duration=min(o.duration, 3.0)

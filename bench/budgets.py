@@ -103,6 +103,7 @@ def load_point(
     score = sum(accuracy.get(o.level or 0, 0.0) for o in met)
     return {
         "offered_rps": round(report.offered_rate, 1),
+        "score": round(score, 4),
         "sent": sent,
         "answered": report.ok,
         "met": len(met),
@@ -120,6 +121,47 @@ def load_point(
     }
 
 
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of a (load, policy) point: counts summed, ratios recomputed
+    from the sums, p50 the median of the rounds', p99 the worst; each round's effective
+    accuracy kept in ``rounds``."""
+    sent = sum(r["sent"] for r in runs)
+    answered = sum(r["answered"] for r in runs)
+    met = sum(r["met"] for r in runs)
+    score = sum(r["score"] for r in runs)
+
+    def summed(field: str) -> dict[str, Any]:
+        total: dict[str, Any] = {}
+        for r in runs:
+            for k, v in r[field].items():
+                if isinstance(v, dict):
+                    into = total.setdefault(k, dict.fromkeys(v, 0))
+                    for kk, vv in v.items():
+                        into[kk] = into.get(kk, 0) + vv
+                else:
+                    total[k] = total.get(k, 0) + v
+        return total
+
+    p50s = sorted(r["p50_ms"] for r in runs if r["p50_ms"] is not None)
+    p99s = [r["p99_ms"] for r in runs if r["p99_ms"] is not None]
+    return {
+        "offered_rps": round(sum(r["offered_rps"] for r in runs) / len(runs), 1),
+        "score": round(score, 4),
+        "sent": sent,
+        "answered": answered,
+        "met": met,
+        "met_answered": round(met / answered, 4) if answered else None,
+        "met_sent": round(met / sent, 4) if sent else None,
+        "effective_accuracy": round(score / sent, 4) if sent else None,
+        "rounds": [r["effective_accuracy"] for r in runs],
+        "levels": summed("levels"),
+        "p50_ms": p50s[len(p50s) // 2] if p50s else None,
+        "p99_ms": max(p99s) if p99s else None,
+        "per_budget": summed("per_budget"),
+        "errors": summed("errors"),
+    }
+
+
 def run_budgets(
     checkpoint: str | Path | None,
     out: str | Path,
@@ -134,14 +176,15 @@ def run_budgets(
     budget_mix: str | None = None,
     clients: int = 16,
     profile_iters: int = 5,
+    rounds: int = 2,
 ) -> Path:
     """Measure, write ``budgets.json``, ``budgets.md`` and ``budgets.png``; return the .md."""
     from server.settings import demo_checkpoint
 
-    if points < 1 or not 0 < min_load <= max_load:
+    if points < 1 or rounds < 1 or not 0 < min_load <= max_load:
         raise ValueError(
-            f"need points >= 1 and 0 < min load <= max load; got {points} points from "
-            f"{min_load} to {max_load}"
+            f"need points >= 1, rounds >= 1 and 0 < min load <= max load; got {points} points "
+            f"and {rounds} rounds from {min_load} to {max_load}"
         )
     path = Path(checkpoint or demo_checkpoint())
     step = (max_load - min_load) / max(points - 1, 1)
@@ -167,26 +210,37 @@ def run_budgets(
             f"budgets: budget mix {mix}; capacity top {capacity[top]} req/s, level 1 {capacity[1]} req/s"
         )
         policies = {"load-aware": None, f"fixed level {top}": top, "fixed level 1": 1}
+        names = list(policies)
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for round_ in range(rounds):
+            for i, fraction in enumerate(fractions):
+                rate = max(fraction * capacity[top], 1.0)
+                # The same arrivals for every policy of a point; the order turns each round
+                # so that no policy always runs first on a machine whose speed drifts.
+                for policy in names[round_ % 3 :] + names[: round_ % 3]:
+                    row = load_point(
+                        s.url,
+                        task,
+                        rate,
+                        mix,
+                        policies[policy],
+                        accuracy,
+                        duration=duration,
+                        warmup=warmup,
+                        seed=1000 * round_ + i,
+                    )
+                    runs.setdefault((i, policy), []).append(row)
+                    progress(
+                        f"budgets: round {round_ + 1}/{rounds} load {fraction:5.0%} "
+                        f"({rate:6.1f} req/s) {policy:14} met/sent {_pct(row['met_sent'])}  "
+                        f"effective accuracy {row['effective_accuracy']}"
+                    )
         rows: list[dict[str, Any]] = []
         for i, fraction in enumerate(fractions):
             rate = max(fraction * capacity[top], 1.0)
-            for policy, level in policies.items():
-                row = load_point(
-                    s.url,
-                    task,
-                    rate,
-                    mix,
-                    level,
-                    accuracy,
-                    duration=duration,
-                    warmup=warmup,
-                    seed=i,
-                )
-                rows.append({"load": fraction, "rate": round(rate, 1), "policy": policy, **row})
-                progress(
-                    f"budgets: load {fraction:5.0%} ({rate:6.1f} req/s) {policy:14} met/sent "
-                    f"{_pct(row['met_sent'])}  effective accuracy {row['effective_accuracy']}"
-                )
+            for policy in names:
+                merged = merge_rounds(runs[(i, policy)])
+                rows.append({"load": fraction, "rate": round(rate, 1), "policy": policy, **merged})
     data = {
         "task": task,
         "budget_mix": mix,
@@ -195,12 +249,18 @@ def run_budgets(
         "top_level": top,
         "accuracy": {str(k): v for k, v in accuracy.items()},
         "duration_s": duration,
+        "rounds": rounds,
         "rows": rows,
     }
     data["goals"] = goals(data)
     md = write_report(out, "budgets", data, _markdown(data))
     _plot(data, Path(out) / "budgets.png")
     return md
+
+
+def _rounds(row: dict[str, Any]) -> str:
+    each = row.get("rounds") or []
+    return " (" + ", ".join(f"{x:.3f}" for x in each) + ")" if len(each) > 1 else ""
 
 
 def _pct(x: float | None) -> str:
@@ -251,8 +311,11 @@ def _markdown(d: dict[str, Any]) -> str:
     lines = [
         "## Latency budgets under load",
         "",
-        f"{machine_line()} Task `{d['task']}`, open-loop Poisson arrivals, {d['duration_s']} s "
-        f"per point, budget mix `{d['budget_mix']}` ({derivation}). Capacity (closed loop, "
+        f"{machine_line()} Task `{d['task']}`, open-loop Poisson arrivals, "
+        f"{d.get('rounds', 1)} round(s) of {d['duration_s']} s per point and policy (the policies "
+        "of a point run one after another, in an order that turns each round; counts are "
+        "summed over the rounds, the effective accuracy of each round is in brackets, p99 is "
+        f"the worst round's), budget mix `{d['budget_mix']}` ({derivation}). Capacity (closed loop, "
         f"level pinned): top level {cap['top']} req/s, level 1 {cap['level1']} req/s; load is "
         "a fraction of the top level's. The three policies get the same arrivals at each point.",
         "",
@@ -266,8 +329,8 @@ def _markdown(d: dict[str, Any]) -> str:
         mix = " ".join(f"L{k}:{v}" for k, v in r["levels"].items())
         lines.append(
             f"| {r['load']:.0%} | {r['rate']} ({r['offered_rps']}) | {r['policy']} | {r['answered']}/{r['sent']} "
-            f"| {_pct(r['met_answered'])} | {_pct(r['met_sent'])} | {r['effective_accuracy']} "
-            f"| {mix} | {fmt(r['p99_ms'])} |"
+            f"| {_pct(r['met_answered'])} | {_pct(r['met_sent'])} | {r['effective_accuracy']}"
+            f"{_rounds(r)} | {mix} | {fmt(r['p99_ms'])} |"
         )
     lines += ["", "| goal | measured | |", "|---|---|---|"]
     for g in d["goals"]:

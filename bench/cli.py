@@ -109,6 +109,12 @@ def _budget_args(p: Any) -> None:
     p.add_argument("--task", default="shapes", help="task to load (default: shapes)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
     p.add_argument("--points", type=int, default=6, help="load points (default 6)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="budgets: the sweep repeated, policies in turn, figures summed (default 2)",
+    )
     p.add_argument("--budget-mix", help="e.g. 5ms:0.4,10ms:0.3,25ms:0.3 (default: derived)")
     p.add_argument(
         "--profile-iters",
@@ -190,6 +196,7 @@ def _budgets(args: argparse.Namespace) -> int:
         max_load=args.max_load,
         budget_mix=args.budget_mix,
         profile_iters=args.profile_iters,
+        rounds=args.rounds,
     )
     print(report.read_text())
     return 0
@@ -213,6 +220,7 @@ def _all(args: argparse.Namespace) -> int:
         clients=_ints(args.clients),
         peer_levels=_words(args.peer_levels),
         points=args.points,
+        rounds=args.rounds,
         repeats=args.repeats,
         requests=args.requests,
         budget_mix=args.budget_mix,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.all import PARTS
-from bench.budgets import derive_budget_mix, goals
+from bench.budgets import derive_budget_mix, goals, merge_rounds
 from dvn.cli import build_parser, main
 from model_store.checkpoint import read_manifest
 from server.settings import demo_checkpoint
@@ -65,6 +65,7 @@ def test_budgets_ran_three_policies_at_each_load(suite: tuple[Path, Path]) -> No
         for policy in ("load-aware", f"fixed level {top_level()}", "fixed level 1")
     ]
     assert all(r["sent"] > 0 for r in data["rows"])
+    assert all(len(r["rounds"]) == 2 for r in data["rows"])  # the default: two rounds
     assert len(data["goals"]) == 2
 
 
@@ -137,3 +138,21 @@ def test_budget_goals_count_only_loads_below_level_one_capacity() -> None:
     attainment, accuracy = goals({"rows": rows, "capacity_rps": {"level1": 120.0}})
     assert attainment["met"] and attainment["measured"] == "worst 99.5% over 1 load points"
     assert not accuracy["met"] and accuracy["measured"].startswith("smallest margin -0.0200")
+
+
+def test_rounds_merge_by_summing_counts() -> None:
+    def run(sent: int, met: int, score: float, p50: float, p99: float) -> dict[str, object]:
+        return {"offered_rps": 100.0, "score": score, "sent": sent, "answered": sent - 1,
+                "met": met, "effective_accuracy": round(score / sent, 4),
+                "levels": {"1": sent - 1}, "p50_ms": p50, "p99_ms": p99,
+                "per_budget": {"5ms": {"sent": sent, "ok": sent - 1, "met": met}},
+                "errors": {"queue_full": 1}}  # fmt: skip
+
+    merged = merge_rounds([run(100, 90, 81.0, 3.0, 9.0), run(300, 210, 189.0, 5.0, 7.0)])
+    assert merged == {
+        "offered_rps": 100.0, "score": 270.0, "sent": 400, "answered": 398, "met": 300,
+        "met_answered": round(300 / 398, 4), "met_sent": 0.75, "effective_accuracy": 0.675,
+        "rounds": [0.81, 0.63], "levels": {"1": 398}, "p50_ms": 5.0, "p99_ms": 9.0,
+        "per_budget": {"5ms": {"sent": 400, "ok": 398, "met": 300}},
+        "errors": {"queue_full": 2},
+    }  # fmt: skip
