@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,28 @@ def derive_budget_mix(task: dict[str, Any], plan: dict[str, Any]) -> tuple[str, 
     return mix, basis
 
 
+def wait_idle(url: str, timeout: float = 60.0) -> float:
+    """Wait until the server has no inference request in flight (``dvn_inflight_requests``
+    0: the previous run's backlog drained) and return the seconds waited, so that no run
+    starts behind the one before it. Raises ``TimeoutError`` past ``timeout``."""
+    started = time.monotonic()
+    while True:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        inflight = next(
+            (float(line.split()[-1]) for line in text.splitlines()
+             if line.startswith("dvn_inflight_requests ")),
+            0.0,
+        )  # fmt: skip
+        waited = time.monotonic() - started
+        if inflight == 0:
+            return waited
+        if waited > timeout:
+            raise TimeoutError(
+                f"dvn serve still has {inflight:g} requests in flight after {timeout} s"
+            )
+        time.sleep(0.1)
+
+
 def load_point(
     url: str,
     task: str,
@@ -82,7 +105,9 @@ def load_point(
     warmup: float,
     seed: int,
 ) -> dict[str, Any]:
-    """One open-loop run: attainment and effective accuracy (see ``EFFECTIVE_ACCURACY``)."""
+    """One open-loop run, from an idle server: attainment and effective accuracy (see
+    ``EFFECTIVE_ACCURACY``)."""
+    wait_idle(url)
     report = run_loadtest(
         LoadTestConfig(
             url=url,
