@@ -8,8 +8,8 @@ Rules (DESIGN.md, budget rules):
 * Among the levels that fit every constraint, the one with the highest expected accuracy:
   manifest accuracy times the chance it meets the latency budget (``meet_probability``,
   from the recent prediction errors, ``server.misses``; 1 without a latency budget). The
-  largest level where no accuracy is recorded; ties go to the larger level. Reason
-  ``budget``, or ``default`` with no budget.
+  largest level where no accuracy is recorded; ties go to the larger level. When no level
+  has any chance (overload), the fastest. Reason ``budget``, or ``default`` with no budget.
 * A memory budget below the smallest level is an error naming that level's size.
 * A latency budget no level meets: ``degrade`` serves the smallest level (``degraded``),
   ``reject`` is a 503 with ``Retry-After``.
@@ -126,6 +126,10 @@ def select_level(
     if timed:
         # Under sustained load, latency budgets stay at levels the executor keeps up with.
         meeting = [o for o in meeting if o.within_capacity] or meeting[-1:]
+        if meeting and all(o.meet_probability == 0 for o in meeting):
+            # No level has made a margin like this lately (overload): the fastest one has
+            # the best chance, and costs the others least.
+            meeting.sort(key=lambda o: o.predicted_latency_s)
     reason: Reason = "default" if budget is None else "budget"
     if not meeting:
         assert budget is not None and budget.latency_s is not None

@@ -18,7 +18,7 @@ from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
 from server.batching import Batcher, BatchEvent, BatchResult, Pending
 from server.budget import Budget
-from server.capacity import TARGET_BUSY, EventRate, level_ceiling
+from server.capacity import TARGET_BUSY, EventRate, budgeted_ceiling
 from server.errors import (
     BudgetUnsatisfiable,
     DeadlineExceeded,
@@ -164,7 +164,7 @@ class InferenceService:
         latency = None if budget is None else budget.latency_s
         ceiling = len(task.levels)
         if latency is not None and only is None:
-            ceiling = level_ceiling(
+            ceiling = budgeted_ceiling(
                 self.profile,
                 task.name,
                 [lv.level for lv in task.levels],

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from server.capacity import EventRate, level_ceiling
+from server.capacity import EventRate, budgeted_ceiling, level_ceiling
 from server.misses import PredictionErrors
 from server.profile import LatencyProfile
 
@@ -76,3 +76,12 @@ def profile(per_example_ms: dict[int, float], batch: int = 32) -> LatencyProfile
 def test_the_ceiling_is_the_largest_level_under_the_target(rate: float, ceiling: int) -> None:
     p = profile({1: 0.05, 2: 0.2, 3: 0.5, 4: 1.0})
     assert level_ceiling(p, "shapes", [1, 2, 3, 4], rate, 32, 0.7) == ceiling
+
+
+@pytest.mark.parametrize(("rate", "ceiling"), [(699.0, 4), (701.0, 1), (9000.0, 1)])
+def test_past_the_top_levels_capacity_budgeted_traffic_moves_to_level_1(
+    rate: float, ceiling: int
+) -> None:
+    """Not to level 3 (under the target at 701/s): one level in use, so batches merge."""
+    p = profile({1: 0.05, 2: 0.2, 3: 0.5, 4: 1.0})
+    assert budgeted_ceiling(p, "shapes", [1, 2, 3, 4], rate, 32, 0.7) == ceiling

@@ -114,6 +114,8 @@ def weighed(meet: Sequence[float], capacity: Sequence[bool] = (True,) * 4) -> li
         ((0.1, 0.1, 0.1, 1.0), "5ms", 3),
         # Without a latency budget the chances are not consulted.
         ((1.0, 0.5, 0.4, 0.2), None, 4),
+        # No level has any chance: the fastest (level 1, predicted 1 ms), not the largest.
+        ((0.0, 0.0, 0.0, 0.0), "10ms", 1),
     ],
 )
 def test_select_weighs_accuracy_by_the_chance_of_meeting_the_budget(
