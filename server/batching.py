@@ -193,8 +193,9 @@ class Batcher:
                 await self._execute(key, batch)
 
     async def _fill(self, key: LevelKey) -> None:
-        """Wait, at most until the head's delay runs out, while the batch is not full and
-        more requests are on their way in."""
+        """Wait, at most until the head's delay runs out and never past the time a queued
+        request must start to meet its deadline, while the batch is not full and more
+        requests are on their way in."""
         queue = self.queues[key]
         close_at = queue[0].enqueued + self.max_batch_delay_s
         while self.queued_examples[key] < self.max_batch_size and self._arriving() > 0:
@@ -281,7 +282,8 @@ class Batcher:
         started = time.perf_counter()
         expected = self.profile.forward_s(key, n)
         self.busy_until = started + expected
-        inline = expected <= self.inline_s and self._arriving() == 0 and not self.total_queued()
+        idle = self._arriving() == 0 and not self.total_queued()
+        inline = idle and 0 < expected <= self.inline_s  # 0: not profiled, cost unknown
         try:
             probs, seconds = await self.executor.run(
                 batch[0].task_index, level, inputs, inline=inline

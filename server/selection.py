@@ -10,6 +10,9 @@ Rules (DESIGN.md, budget rules):
   from the recent prediction errors, ``server.misses``; 1 without a latency budget). The
   largest level where no accuracy is recorded; ties go to the larger level. When no level
   has any chance (overload), the fastest. Reason ``budget``, or ``default`` with no budget.
+* With a latency budget, only the levels ``within_capacity`` (``server.capacity``: past
+  the top level's capacity at the current arrival rate, level 1 only); the smallest that
+  meets the budget when none is.
 * A memory budget below the smallest level is an error naming that level's size.
 * A latency budget no level meets: ``degrade`` serves the smallest level (``degraded``),
   ``reject`` is a 503 with ``Retry-After``.
@@ -125,7 +128,9 @@ def select_level(
     )
     if timed:
         # Under sustained load, latency budgets stay at levels the executor keeps up with.
-        meeting = [o for o in meeting if o.within_capacity] or meeting[-1:]
+        meeting = [o for o in meeting if o.within_capacity] or sorted(
+            meeting, key=lambda o: o.param_bytes
+        )[:1]
         if meeting and all(o.meet_probability == 0 for o in meeting):
             # No level has made a margin like this lately (overload): the fastest one has
             # the best chance, and costs the others least.

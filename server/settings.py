@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     torch_threads: int | None = Field(default=None, ge=1)
     inline_forward_ms: float = Field(
-        default=0.5,
+        default=1.0,
         ge=0,
         le=100,
         description="a forward predicted to take at most this long runs on the event loop's "
