@@ -46,25 +46,6 @@ class EventRate:
         return self._rate * math.exp(-max(0.0, now - self._at) / self.tau_s)
 
 
-def level_ceiling(
-    profile: LatencyProfile,
-    task: str,
-    levels: Sequence[int],
-    rate_per_s: float,
-    batch: int,
-    target: float,
-) -> int:
-    """The largest of ``levels`` whose executor time per second at ``rate_per_s`` examples
-    a second, in batches of ``batch``, is at most ``target``; the smallest when none is."""
-    batch = max(1, batch)
-    ceiling = min(levels)
-    for level in sorted(levels):
-        busy = rate_per_s * profile.forward_s((task, level), batch) / batch
-        if busy <= target:
-            ceiling = level
-    return ceiling
-
-
 def budgeted_ceiling(
     profile: LatencyProfile,
     task: str,
@@ -73,8 +54,20 @@ def budgeted_ceiling(
     batch: int,
     target: float,
 ) -> int:
-    """The largest level budgeted requests may use now: the top level while it is within
-    ``target`` at ``rate_per_s``, else the smallest (see the module's docstring)."""
-    top = max(levels)
-    within = level_ceiling(profile, task, levels, rate_per_s, batch, target) == top
-    return top if within else min(levels)
+    """The largest level budgeted requests may use now: the top level while its executor
+    time per second at ``rate_per_s`` examples a second, in batches of ``batch``, is at
+    most ``target``; else the smallest (see the module's docstring)."""
+    top, batch = max(levels), max(1, batch)
+    busy = rate_per_s * profile.forward_s((task, top), batch) / batch
+    return top if busy <= target else min(levels)
+
+
+def backlog_seconds(in_flight: int, finished: EventRate, batch: int) -> float:
+    """How long ``in_flight`` requests are expected to take to get through at the rate
+    ``finished`` (Little's law); 0 unless more are in flight than one batch answers and the
+    flow is steady enough to measure (a batch's worth finished in the last time constant):
+    then the queues' own predictions decide (503 or 504 with the reason)."""
+    rate = finished.per_s()
+    if in_flight > batch and rate * finished.tau_s >= batch:
+        return in_flight / rate
+    return 0.0

@@ -163,7 +163,7 @@ async def plan(
 ) -> dict[str, Any]:
     entry = service.task(task)
     parsed: Budget | None = parse_budget(budget)
-    options = service.options(entry, examples, parsed)
+    options = service.forecast.options(entry, examples, parsed)
     chosen: dict[str, Any] = {"level": None, "selection": None, "budget_met": None, "error": None}
     try:
         sel = select_level(entry.name, options, parsed, on_miss=on_miss)
@@ -175,7 +175,7 @@ async def plan(
     except ServeError as e:
         chosen["error"] = e.body()["error"]
     levels = []
-    state = service.queue_state()
+    state = service.forecast.queue_state()
     for lv, option in zip(entry.levels, options, strict=True):
         # What runs before this level's forward: the running batch and every backlog.
         wait_s = predict_latency(
@@ -252,7 +252,7 @@ async def export_budget(task: str, service: ServiceDep, budget: BudgetQuery = No
             "export takes a memory budget only, e.g. ?budget=2MiB (or use "
             f"/v1/models/{task}/levels/{{level}}/export)"
         )
-    options = service.options(entry, 1)
+    options = service.forecast.options(entry, 1)
     by_memory = [o for o in options if fits_memory(o, parsed)]
     if not by_memory:
         select_level(entry.name, options, parsed)  # raises BudgetUnsatisfiable, same message

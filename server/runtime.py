@@ -82,14 +82,15 @@ class Runtime:
         self.lag_watch = asyncio.create_task(self._watch_loop_lag(), name="dvn-loop-lag")
 
     async def _watch_loop_lag(self, interval_s: float = 0.01) -> None:
-        """Keep ``service.loop_lag_s`` current: how much later than asked a sleep wakes."""
+        """Keep ``service.forecast.loop_lag_s`` current: how late a sleep wakes."""
         assert self.service is not None
         loop = asyncio.get_running_loop()
         while True:
             start = loop.time()
             await asyncio.sleep(interval_s)
             lag = max(0.0, loop.time() - start - interval_s)
-            self.service.loop_lag_s = 0.8 * self.service.loop_lag_s + 0.2 * lag
+            forecast = self.service.forecast
+            forecast.loop_lag_s = 0.8 * forecast.loop_lag_s + 0.2 * lag
 
     async def _warm_up(self) -> None:
         assert self.service is not None and self.checkpoint is not None
@@ -124,7 +125,9 @@ class Runtime:
         service.profile.table.update(profile.table)
         for task, level in profile.table:
             service.metrics.watch_predicted(
-                task=task, level=level, predict=functools.partial(service.predicted_s, task, level)
+                task=task,
+                level=level,
+                predict=functools.partial(service.forecast.predicted_s, task, level),
             )
         self.ready = True
         SERVER.info(

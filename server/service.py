@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
 from server.batching import Batcher, BatchEvent, BatchResult, Pending
 from server.budget import Budget
-from server.capacity import TARGET_BUSY, EventRate, budgeted_ceiling
+from server.capacity import EventRate, backlog_seconds
 from server.errors import (
     BudgetUnsatisfiable,
     DeadlineExceeded,
@@ -30,11 +29,11 @@ from server.errors import (
     UnknownTask,
 )
 from server.executor import Executor
+from server.forecast import Forecaster
 from server.metrics import Metrics
-from server.misses import PredictionErrors
 from server.outcome import Answer, ClientDisconnected, Handling, Ticket, outcome_of
-from server.profile import LatencyProfile, LevelKey, QueueState, predict_latency
-from server.selection import LevelOption, OnMiss, Selection, select_level
+from server.profile import LatencyProfile
+from server.selection import OnMiss, Selection, select_level
 from server.settings import Settings
 
 # A request is refused up front when the backlog in flight is expected to take this many
@@ -68,13 +67,6 @@ class InferenceService:
         self.param_bytes = sum(
             t.numel() * t.element_size() for t in checkpoint.model.state_dict().values()
         )
-        self.overhead_s = 0.0005  # non-forward time per request, kept current below
-        # How late the event loop runs its callbacks (kept current by Runtime): a busy loop
-        # delays every answer by about that much, outside any queue the batcher sees.
-        self.loop_lag_s = 0.0
-        # measured - predicted of recent budgeted requests, by the level selected for them
-        self.errors: defaultdict[LevelKey, PredictionErrors] = defaultdict(PredictionErrors)
-        self.arrivals = EventRate()  # examples a second, every task
         # Requests past the backlog check and still in flight, and how fast they finish:
         # by Little's law their ratio is how long a new one will take to get through.
         self.serving = 0
@@ -90,6 +82,7 @@ class InferenceService:
             on_batch=self._batch_done,
             inline_s=settings.inline_forward_ms / 1e3,
         )
+        self.forecast = Forecaster(profile, self.batcher, settings)
 
     # -- lookups ---------------------------------------------------------------------
     def task(self, name: str) -> TaskEntry:
@@ -136,68 +129,6 @@ class InferenceService:
             )
 
     # -- prediction and selection --------------------------------------------------------
-    def queue_state(self) -> QueueState:
-        return QueueState(self.batcher.busy_remaining_s(), dict(self.batcher.queued_examples))
-
-    def predicted_s(self, task: str, level: int) -> float:
-        """The latency one example at ``level`` of ``task`` is predicted to see now."""
-        return predict_latency(
-            self.profile,
-            self.queue_state(),
-            (task, level),
-            1,
-            self.settings.max_batch_size,
-            self.overhead_s + self.loop_lag_s,
-        )
-
-    def options(
-        self,
-        task: TaskEntry,
-        examples: int,
-        budget: Budget | None = None,
-        only: int | None = None,
-    ) -> list[LevelOption]:
-        """Every level of ``task`` (or level ``only``) as selection sees it now; with a
-        latency budget, each with its chance of meeting it given the recent prediction
-        errors, and whether it is under the capacity ceiling."""
-        state = self.queue_state()
-        latency = None if budget is None else budget.latency_s
-        ceiling = len(task.levels)
-        if latency is not None and only is None:
-            ceiling = budgeted_ceiling(
-                self.profile,
-                task.name,
-                [lv.level for lv in task.levels],
-                self.arrivals.per_s(),
-                self.settings.max_batch_size,
-                TARGET_BUSY,
-            )
-        found = []
-        for lv in task.levels if only is None else task.levels[only - 1 : only]:
-            key = (task.name, lv.level)
-            predicted = predict_latency(
-                self.profile,
-                state,
-                key,
-                examples,
-                self.settings.max_batch_size,
-                self.overhead_s + self.loop_lag_s,
-            )
-            found.append(
-                LevelOption(
-                    level=lv.level,
-                    param_bytes=lv.param_bytes,
-                    accuracy=None if lv.accuracy is None else lv.accuracy.value,
-                    predicted_latency_s=predicted,
-                    queue_full=self.batcher.depth(key) >= self.settings.max_queue_size,
-                    meet_probability=1.0
-                    if latency is None
-                    else self.errors[key].p_within(latency - predicted),
-                    within_capacity=lv.level <= ceiling,
-                )
-            )
-        return found
-
     def select(
         self,
         task: TaskEntry,
@@ -205,10 +136,10 @@ class InferenceService:
         budget: Budget | None,
         level: int | None,
         on_miss: OnMiss,
-    ) -> tuple[Selection, list[LevelOption]]:
+    ) -> Selection:
         self.check_level(task, level)
-        options = self.options(task, examples, budget, only=level)  # pinned: that one only
-        return select_level(task.name, options, budget, pinned=level, on_miss=on_miss), options
+        options = self.forecast.options(task, examples, budget, only=level)  # pinned: its own
+        return select_level(task.name, options, budget, pinned=level, on_miss=on_miss)
 
     # -- admission -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -259,13 +190,7 @@ class InferenceService:
             ServerBusy: the backlog alone is expected to outlast the budget.
         """
         if budget is not None and budget.latency_s is not None:
-            batch = self.settings.max_batch_size
-            rate = self.served.per_s()
-            # Only with more in flight than one batch answers, and a steady flow to measure
-            # (a batch's worth finished in the last time constant): otherwise the queue's
-            # own predictions decide (503 or 504 with the reason).
-            flowing = self.serving > batch and rate * self.served.tau_s >= batch
-            backlog_s = self.serving / rate if flowing else 0.0
+            backlog_s = backlog_seconds(self.serving, self.served, self.settings.max_batch_size)
             if backlog_s > SHED_FACTOR * budget.latency_s:
                 raise ServerBusy(
                     f"the {self.serving} requests in flight are expected to take "
@@ -340,8 +265,8 @@ class InferenceService:
             ServeError: every failure, typed.
         """
         examples = int(inputs.shape[0])
-        self.arrivals.add(examples)
-        selection, _ = self.select(task, examples, budget, level, on_miss)
+        self.forecast.arrivals.add(examples)
+        selection = self.select(task, examples, budget, level, on_miss)
         deadline = None
         if budget is not None and budget.latency_s is not None:
             deadline = arrival + budget.latency_s
@@ -366,7 +291,7 @@ class InferenceService:
             result = await self._wait(pending, disconnected)
         except DeadlineExceeded:
             if budget is not None and budget.latency_s is not None:
-                self.errors[(task.name, selection.level)].missed(
+                self.forecast.errors[(task.name, selection.level)].missed(
                     budget.latency_s - selection.predicted_latency_s
                 )
             raise
@@ -378,12 +303,13 @@ class InferenceService:
         if budget is not None:
             if budget.latency_s is not None:
                 latency_met = measured <= budget.latency_s
-                self.errors[(task.name, selection.level)].record(
+                self.forecast.errors[(task.name, selection.level)].record(
                     measured - selection.predicted_latency_s
                 )
             if budget.memory_bytes is not None:
                 memory_met = entry.param_bytes <= budget.memory_bytes
-        self.overhead_s = 0.9 * self.overhead_s + 0.1 * max(
+        forecast = self.forecast
+        forecast.overhead_s = 0.9 * forecast.overhead_s + 0.1 * max(
             0.0, measured - result.queue_wait_s - result.compute_s
         )
         return Answer(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model_store.checkpoint import Checkpoint
-from tests.conftest import ServeFactory, wait_until
+from tests.conftest import AppClient, ServeFactory, wait_until
 from tests.server.helpers import (
     BLOCK,
     MARK,
@@ -31,6 +31,13 @@ OVERDUE = re.compile(
 )
 
 
+async def one_missed_and_refused(client: AppClient) -> None:
+    """``/metrics`` counts exactly one missed latency budget and one refused request."""
+    samples = await metrics(client)
+    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 1
+    assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 1  # fmt: skip
+
+
 async def test_deadline_rechecked_when_the_batch_forms(serve: ServeFactory) -> None:
     recorder = Recorder({BLOCK: "block"})
     client = await serve(forward_wrapper=recorder)
@@ -49,9 +56,7 @@ async def test_deadline_rechecked_when_the_batch_forms(serve: ServeFactory) -> N
     assert OVERDUE.fullmatch(message), message
     assert (await running).status_code == 200
     assert recorder.seen(holds(MARK)) == []  # never computed
-    samples = await metrics(client)
-    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 1
-    assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 1  # fmt: skip
+    await one_missed_and_refused(client)
 
 
 async def test_the_deadline_is_checked_per_request_of_a_batch(
@@ -125,9 +130,7 @@ async def test_overdue_request_is_never_computed_even_with_degrade(
     assert OVERDUE.fullmatch(message), message
     assert recorder.seen(holds(MARK)) == []
     assert (await running).status_code == 200
-    samples = await metrics(client)
-    assert sample(samples, "dvn_budget_total", task="digits", kind="latency", result="missed") == 1
-    assert sample(samples, "dvn_requests_total", task="digits", level="none", outcome="rejected") == 1  # fmt: skip
+    await one_missed_and_refused(client)
 
 
 async def test_request_its_level_cannot_make_in_time_degrades_before_the_deadline(

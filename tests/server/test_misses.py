@@ -1,15 +1,19 @@
-"""The recent prediction errors as a chance of meeting a budget, and the executor's
-capacity ceiling: pure functions and small state, no server."""
+"""The recent prediction errors as a chance of meeting a budget, the executor's capacity
+ceiling, and how ``select_level`` weighs both: pure functions and small state, no
+server."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
-from server.capacity import EventRate, budgeted_ceiling, level_ceiling
+from server.capacity import EventRate, backlog_seconds, budgeted_ceiling
 from server.misses import PredictionErrors
 from server.profile import LatencyProfile
+from server.selection import LevelOption, select_level
+from tests.server.test_selection import budget, table
 
 MS = 1e-3
 
@@ -63,25 +67,84 @@ def profile(per_example_ms: dict[int, float], batch: int = 32) -> LatencyProfile
 
 
 @pytest.mark.parametrize(
-    ("rate", "ceiling"),
-    [
-        (100.0, 4),  # level 4: 100/s x 1 ms = 0.1 s a second
-        (699.0, 4),  # just under the target
-        (701.0, 3),
-        (1399.0, 3),  # level 3: 1399 x 0.5 ms, just under 0.7
-        (3000.0, 2),
-        (9000.0, 1),  # level 1 over the target too: the smallest anyway
-    ],
+    ("rate", "ceiling"), [(100.0, 4), (699.0, 4), (701.0, 1), (1399.0, 1), (9000.0, 1)]
 )
-def test_the_ceiling_is_the_largest_level_under_the_target(rate: float, ceiling: int) -> None:
-    p = profile({1: 0.05, 2: 0.2, 3: 0.5, 4: 1.0})
-    assert level_ceiling(p, "shapes", [1, 2, 3, 4], rate, 32, 0.7) == ceiling
-
-
-@pytest.mark.parametrize(("rate", "ceiling"), [(699.0, 4), (701.0, 1), (9000.0, 1)])
 def test_past_the_top_levels_capacity_budgeted_traffic_moves_to_level_1(
     rate: float, ceiling: int
 ) -> None:
     """Not to level 3 (under the target at 701/s): one level in use, so batches merge."""
     p = profile({1: 0.05, 2: 0.2, 3: 0.5, 4: 1.0})
     assert budgeted_ceiling(p, "shapes", [1, 2, 3, 4], rate, 32, 0.7) == ceiling
+
+
+def weighed(meet: Sequence[float], capacity: Sequence[bool] = (True,) * 4) -> list[LevelOption]:
+    """``table()`` with each level's chance of meeting the budget and capacity flag."""
+    return [
+        LevelOption(
+            level=o.level,
+            param_bytes=o.param_bytes,
+            accuracy=o.accuracy,
+            predicted_latency_s=o.predicted_latency_s,
+            meet_probability=meet[o.level - 1],
+            within_capacity=capacity[o.level - 1],
+        )
+        for o in table()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("meet", "spec", "level"),
+    [
+        ((1.0, 1.0, 1.0, 1.0), "10ms", 4),
+        # Expected accuracy 0.6, 0.7, 0.8 x 0.9 = 0.72, 0.9 x 0.7 = 0.63: level 3.
+        ((1.0, 1.0, 0.9, 0.7), "10ms", 3),
+        # 0.6 x 1.0 beats 0.7 x 0.5, 0.8 x 0.4 and 0.9 x 0.2.
+        ((1.0, 0.5, 0.4, 0.2), "10ms", 1),
+        # Level 4 is predicted over 5 ms: whatever its chance, it is not a candidate.
+        ((0.1, 0.1, 0.1, 1.0), "5ms", 3),
+        # Without a latency budget the chances are not consulted.
+        ((1.0, 0.5, 0.4, 0.2), None, 4),
+        # No level has any chance: the fastest (level 1, predicted 1 ms), not the largest.
+        ((0.0, 0.0, 0.0, 0.0), "10ms", 1),
+    ],
+)
+def test_select_weighs_accuracy_by_the_chance_of_meeting_the_budget(
+    meet: Sequence[float], spec: str | None, level: int
+) -> None:
+    parsed = None if spec is None else budget(spec)
+    assert select_level("digits", weighed(meet), parsed).level == level
+
+
+@pytest.mark.parametrize(
+    ("capacity", "spec", "level", "reason"),
+    [
+        # Levels 3 and 4 past the executor's capacity: latency budgets stay at level 2.
+        ((True, True, False, False), "10ms", 2, "budget"),
+        # None within capacity: the smallest that meets the budget.
+        ((False, False, False, False), "10ms", 1, "budget"),
+        # Without a latency budget the ceiling does not apply, nor to memory budgets.
+        ((True, True, False, False), None, 4, "default"),
+        ((True, True, False, False), "2MiB", 4, "budget"),
+    ],
+)
+def test_latency_budgets_stay_under_the_capacity_ceiling(
+    capacity: Sequence[bool], spec: str | None, level: int, reason: str
+) -> None:
+    parsed = None if spec is None else budget(spec)
+    chosen = select_level("digits", weighed((1.0,) * 4, capacity), parsed)
+    assert (chosen.level, chosen.reason) == (level, reason)
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "rate", "backlog"),
+    [
+        (40, 100.0, 0.4),  # 40 in flight, 100 finishing a second: 0.4 s to get through
+        (8, 100.0, 0.0),  # no more than one batch (8) in flight: no estimate
+        (40, 15.0, 0.0),  # 15 a second x 0.5 s = 7.5 finished: under a batch, no flow
+    ],
+)
+def test_backlog_is_in_flight_over_finished_per_second(
+    in_flight: int, rate: float, backlog: float
+) -> None:
+    finished = EventRate(tau_s=0.5, _rate=rate)  # measured just now
+    assert backlog_seconds(in_flight, finished, 8) == pytest.approx(backlog, rel=1e-3)

@@ -182,12 +182,12 @@ async def test_at_a_rate_the_executor_cannot_keep_up_with_budgets_go_to_level_1(
     """A million examples a second arriving: no level keeps the executor under 0.7 busy, so
     a latency budget gets level 1; a request without one still gets the best level."""
     service = client.app.state.runtime.service
-    service.arrivals = EventRate(tau_s=1e9, _rate=1e6)
+    service.forecast.arrivals = EventRate(tau_s=1e9, _rate=1e6)
     x = {"inputs": example("digits", 98).tolist()}
     timed = (await client.post("/infer/digits?budget=10s", json=x)).json()
     assert (timed["level"], timed["selection"]) == (1, "budget")
     assert (await client.post("/infer/digits", json=x)).json()["level"] == 4
-    service.arrivals = EventRate()
+    service.forecast.arrivals = EventRate()
     assert (await client.post("/infer/digits?budget=10s", json=x)).json()["level"] == 4
 
 
@@ -197,7 +197,7 @@ async def test_a_level_whose_answers_run_late_loses_budgeted_requests(client: Ap
     unaffected."""
     service = client.app.state.runtime.service
     for _ in range(64):
-        service.errors[("digits", 4)].record(20.0)
+        service.forecast.errors[("digits", 4)].record(20.0)
     x = {"inputs": example("digits", 99).tolist()}
     assert (await client.post("/infer/digits?budget=10s", json=x)).json()["level"] == 3
     assert (await client.post("/infer/digits?budget=30s", json=x)).json()["level"] == 4

@@ -87,64 +87,6 @@ def test_select(options: list[LevelOption], spec: str | None, level: int, reason
     assert chosen == Selection(level, reason, predicted)  # type: ignore[arg-type]
 
 
-def weighed(meet: Sequence[float], capacity: Sequence[bool] = (True,) * 4) -> list[LevelOption]:
-    """``table()`` with each level's chance of meeting the budget and capacity flag."""
-    return [
-        LevelOption(
-            level=o.level,
-            param_bytes=o.param_bytes,
-            accuracy=o.accuracy,
-            predicted_latency_s=o.predicted_latency_s,
-            meet_probability=meet[o.level - 1],
-            within_capacity=capacity[o.level - 1],
-        )
-        for o in table()
-    ]
-
-
-@pytest.mark.parametrize(
-    ("meet", "spec", "level"),
-    [
-        ((1.0, 1.0, 1.0, 1.0), "10ms", 4),
-        # Expected accuracy 0.6, 0.7, 0.8 x 0.9 = 0.72, 0.9 x 0.7 = 0.63: level 3.
-        ((1.0, 1.0, 0.9, 0.7), "10ms", 3),
-        # 0.6 x 1.0 beats 0.7 x 0.5, 0.8 x 0.4 and 0.9 x 0.2.
-        ((1.0, 0.5, 0.4, 0.2), "10ms", 1),
-        # Level 4 is predicted over 5 ms: whatever its chance, it is not a candidate.
-        ((0.1, 0.1, 0.1, 1.0), "5ms", 3),
-        # Without a latency budget the chances are not consulted.
-        ((1.0, 0.5, 0.4, 0.2), None, 4),
-        # No level has any chance: the fastest (level 1, predicted 1 ms), not the largest.
-        ((0.0, 0.0, 0.0, 0.0), "10ms", 1),
-    ],
-)
-def test_select_weighs_accuracy_by_the_chance_of_meeting_the_budget(
-    meet: Sequence[float], spec: str | None, level: int
-) -> None:
-    parsed = None if spec is None else budget(spec)
-    assert select_level("digits", weighed(meet), parsed).level == level
-
-
-@pytest.mark.parametrize(
-    ("capacity", "spec", "level", "reason"),
-    [
-        # Levels 3 and 4 past the executor's capacity: latency budgets stay at level 2.
-        ((True, True, False, False), "10ms", 2, "budget"),
-        # None within capacity: the smallest that meets the budget.
-        ((False, False, False, False), "10ms", 1, "budget"),
-        # Without a latency budget the ceiling does not apply, nor to memory budgets.
-        ((True, True, False, False), None, 4, "default"),
-        ((True, True, False, False), "2MiB", 4, "budget"),
-    ],
-)
-def test_latency_budgets_stay_under_the_capacity_ceiling(
-    capacity: Sequence[bool], spec: str | None, level: int, reason: str
-) -> None:
-    parsed = None if spec is None else budget(spec)
-    chosen = select_level("digits", weighed((1.0,) * 4, capacity), parsed)
-    assert (chosen.level, chosen.reason) == (level, reason)
-
-
 def test_order_of_options_does_not_matter() -> None:
     options = table()
     assert select_level("digits", list(reversed(options)), budget("5ms")).level == 3

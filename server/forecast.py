@@ -1,0 +1,89 @@
+"""What each level of a task would cost a request now, as selection sees it: the latency
+profile, the queues ahead, the per-request overhead and the event loop's lag, the recent
+prediction errors (``server.misses``) and the arrival rate (``server.capacity``).
+``server.selection`` decides from these; ``server.service`` keeps them current."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from model_store.manifest import TaskEntry
+from server.batching import Batcher
+from server.budget import Budget
+from server.capacity import TARGET_BUSY, EventRate, budgeted_ceiling
+from server.misses import PredictionErrors
+from server.profile import LatencyProfile, LevelKey, QueueState, predict_latency
+from server.selection import LevelOption
+from server.settings import Settings
+
+
+class Forecaster:
+    def __init__(self, profile: LatencyProfile, batcher: Batcher, settings: Settings) -> None:
+        self.profile = profile
+        self.batcher = batcher
+        self.settings = settings
+        self.overhead_s = 0.0005  # non-forward time per request, kept current by the service
+        # How late the event loop runs its callbacks (kept current by Runtime): a busy loop
+        # delays every answer by about that much, outside any queue the batcher sees.
+        self.loop_lag_s = 0.0
+        # measured - predicted of recent budgeted requests, by the level selected for them
+        self.errors: defaultdict[LevelKey, PredictionErrors] = defaultdict(PredictionErrors)
+        self.arrivals = EventRate()  # examples a second, every task
+
+    def queue_state(self) -> QueueState:
+        return QueueState(self.batcher.busy_remaining_s(), dict(self.batcher.queued_examples))
+
+    def _predict(self, state: QueueState, key: LevelKey, examples: int) -> float:
+        return predict_latency(
+            self.profile,
+            state,
+            key,
+            examples,
+            self.settings.max_batch_size,
+            self.overhead_s + self.loop_lag_s,
+        )
+
+    def predicted_s(self, task: str, level: int) -> float:
+        """The latency one example at ``level`` of ``task`` is predicted to see now."""
+        return self._predict(self.queue_state(), (task, level), 1)
+
+    def options(
+        self,
+        task: TaskEntry,
+        examples: int,
+        budget: Budget | None = None,
+        only: int | None = None,
+    ) -> list[LevelOption]:
+        """Every level of ``task`` (or level ``only``) as selection sees it now; with a
+        latency budget, each with its chance of meeting it given the recent prediction
+        errors, and whether it is under the capacity ceiling."""
+        state = self.queue_state()
+        latency = None if budget is None else budget.latency_s
+        ceiling = len(task.levels)
+        if latency is not None and only is None:
+            ceiling = budgeted_ceiling(
+                self.profile,
+                task.name,
+                [lv.level for lv in task.levels],
+                self.arrivals.per_s(),
+                self.settings.max_batch_size,
+                TARGET_BUSY,
+            )
+        found = []
+        for lv in task.levels if only is None else task.levels[only - 1 : only]:
+            key = (task.name, lv.level)
+            predicted = self._predict(state, key, examples)
+            found.append(
+                LevelOption(
+                    level=lv.level,
+                    param_bytes=lv.param_bytes,
+                    accuracy=None if lv.accuracy is None else lv.accuracy.value,
+                    predicted_latency_s=predicted,
+                    queue_full=self.batcher.depth(key) >= self.settings.max_queue_size,
+                    meet_probability=1.0
+                    if latency is None
+                    else self.errors[key].p_within(latency - predicted),
+                    within_capacity=lv.level <= ceiling,
+                )
+            )
+        return found
