@@ -2,17 +2,21 @@
 closed by size or delay, outputs checked against inputs, a failed batch failing only its
 own futures).
 
-One queue per (task, level); one scheduler loop feeds the single executor, serving the
-most urgent queue first: earliest deadline first, a request without a latency budget
-counting as due ``NO_BUDGET_YIELD_S`` after it was queued (it yields to budgeted ones that
-long, and no longer). A batch closes at ``max_batch_size`` examples, at
-``max_batch_delay`` after its head arrived, at once when no other request is on its way
-in (waiting then would only add latency), and never later than a queued request must
-start to meet its deadline. At dequeue every request with a latency deadline is
-re-checked: one whose deadline has passed is never computed (504); one that its level
-can no longer answer in time moves to the largest smaller level that can
-(``on_miss=degrade``; level 1 when none can) or fails with 504 (``on_miss=reject``); a
-request whose client went away is dropped uncomputed.
+One queue per (task, level); one scheduler loop feeds the executor, serving the most
+urgent queue first: earliest deadline first, a request without a latency budget counting
+as due ``NO_BUDGET_YIELD_S`` after it was queued (it yields to budgeted ones that long,
+and no longer). A batch closes at ``max_batch_size`` examples, at ``max_batch_delay``
+after its head arrived, at once when no other request is on its way in (waiting then
+would only add latency), and never later than a queued request must start to meet its
+deadline. One forward runs at a time on the main lane; while it runs, the most urgent
+queue, if its head would miss its deadline waiting for that forward and would not on the
+express lane, runs there as a batch predicted within ``express_s`` (a non-preemptive
+scheduler's answer to head-of-line blocking: a tight level-1 request need not wait for a
+large level's forward). At dequeue every request with a latency deadline is re-checked:
+one whose deadline has passed is never computed (504); one that its level can no longer
+answer in time moves to the largest smaller level that can (``on_miss=degrade``; level 1
+when none can) or fails with 504 (``on_miss=reject``); a request whose client went away is
+dropped uncomputed.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class Batcher:
         arriving: Callable[[], int],
         on_batch: Callable[[BatchEvent], None],
         inline_s: float = 0.0,
+        express_s: float = 0.0,
     ) -> None:
         self.executor = executor
         self.profile = profile
@@ -106,7 +111,11 @@ class Batcher:
         self.inline_s = inline_s
         self.queues: dict[LevelKey, deque[Pending]] = {}
         self.queued_examples: dict[LevelKey, int] = {}
-        self.busy_until = 0.0  # predicted end of the forward running now
+        self.busy_until = 0.0  # predicted end of the main lane's forward running now
+        # A forward predicted at most this long may run on the express lane while the main
+        # lane is busy, when its deadline could not wait (0: off).
+        self.express_s = express_s
+        self._lanes: dict[str, asyncio.Task[None]] = {}  # the forwards running now, by lane
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -141,10 +150,11 @@ class Batcher:
         self._task = asyncio.create_task(self._run(), name="dvn-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._lanes.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def fail_queued(self, error: ServeError) -> int:
         """Fail every queued request with ``error`` (a drain that ran out of time); the
@@ -184,18 +194,61 @@ class Batcher:
         while True:
             key = self._most_urgent()
             if key is None:
-                self._wake.clear()
-                await self._wake.wait()
+                await self._sleep(None)
                 continue
-            await self._fill(key)
-            batch = self._take(key)
-            if batch:
-                await self._execute(key, batch)
+            if "main" not in self._lanes:
+                if not await self._fill(key):
+                    continue  # another queue became more urgent meanwhile
+                batch = self._take(key)
+                if batch:
+                    self._start(key, batch, "main")
+                continue
+            wait = self._express_in(key)
+            if wait is not None and wait <= 0:
+                batch = self._take(key, self._express_examples(key))
+                if batch:
+                    self._start(key, batch, "express")
+                continue
+            await self._sleep(wait)
 
-    async def _fill(self, key: LevelKey) -> None:
+    async def _sleep(self, timeout: float | None) -> None:
+        """Until something is queued or a forward ends, or ``timeout`` seconds pass."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _express_examples(self, key: LevelKey) -> int:
+        """The most examples of ``key``'s queue one express forward may take: as many as
+        fit in ``express_s`` (at least one request)."""
+        n = min(self.queued_examples[key], self.max_batch_size)
+        while n > 1 and self.profile.forward_s(key, n) > self.express_s:
+            n -= 1
+        return n
+
+    def _express_in(self, key: LevelKey) -> float | None:
+        """Seconds until the head of ``key``'s queue must go to the express lane (0: now):
+        when waiting for the main lane's forward to end would miss its deadline and the
+        express lane, free, would not. None: not a case for the express lane (busy, off,
+        a forward too long for it, or no deadline it could save)."""
+        if "express" in self._lanes or self.express_s <= 0:
+            return None
+        queue = self.queues[key]
+        n = self._express_examples(key)
+        forward = self.profile.forward_s(key, n)
+        if forward <= 0 or forward > self.express_s:
+            return None
+        due = min(self.urgency(p) for p in list(queue)[: max(1, n)])
+        now = time.perf_counter()
+        if now + forward > due:
+            return None  # too late for either lane: triage decides
+        if max(self.busy_until, now) + forward > due:
+            return 0.0
+        return due - forward - now  # unless the main lane's forward has ended by then
+
+    async def _fill(self, key: LevelKey) -> bool:
         """Wait, at most until the head's delay runs out and never past the time a queued
         request must start to meet its deadline, while the batch is not full and more
-        requests are on their way in."""
+        requests are on their way in. False: another queue became the most urgent."""
         queue = self.queues[key]
         close_at = queue[0].enqueued + self.max_batch_delay_s
         while self.queued_examples[key] < self.max_batch_size and self._arriving() > 0:
@@ -204,22 +257,27 @@ class Batcher:
             start_by = min(self.urgency(p) for p in queue) - self.profile.forward_s(key, n + 1)
             remaining = min(close_at, start_by) - time.perf_counter()
             if remaining <= 0:
-                return
+                return True
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
             except TimeoutError:
-                return
+                return True
+            if self._most_urgent() != key:
+                return False
+        return True
 
-    def _take(self, key: LevelKey) -> list[Pending]:
-        """Pop up to ``max_batch_size`` examples of whole requests, triaging each."""
+    def _take(self, key: LevelKey, limit: int | None = None) -> list[Pending]:
+        """Pop up to ``limit`` (``max_batch_size``) examples of whole requests, triaging
+        each."""
+        limit = self.max_batch_size if limit is None else limit
         queue = self.queues[key]
         batch: list[Pending] = []
         size = 0
         now = time.perf_counter()
         while queue:
             head = queue[0]
-            if batch and size + head.examples > self.max_batch_size:
+            if batch and size + head.examples > limit:
                 break
             pending = self._pop(key)
             if pending.abandoned or pending.future.done():
@@ -275,23 +333,36 @@ class Batcher:
         self.put(pending, front=True)
         return False
 
-    async def _execute(self, key: LevelKey, batch: list[Pending]) -> None:
+    def _start(self, key: LevelKey, batch: list[Pending], lane: str) -> None:
+        task = asyncio.create_task(self._execute(key, batch, lane), name=f"dvn-forward-{lane}")
+        self._lanes[lane] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            del self._lanes[lane]
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _execute(self, key: LevelKey, batch: list[Pending], lane: str = "main") -> None:
         task, level = key
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         n = int(inputs.shape[0])
         started = time.perf_counter()
         expected = self.profile.forward_s(key, n)
-        self.busy_until = started + expected
-        idle = self._arriving() == 0 and not self.total_queued()
+        main = lane == "main"
+        if main:
+            self.busy_until = started + expected
+        idle = self._arriving() == 0 and not self.total_queued() and len(self._lanes) == 1
         inline = idle and 0 < expected <= self.inline_s  # 0: not profiled, cost unknown
         try:
             probs, seconds = await self.executor.run(
-                batch[0].task_index, level, inputs, inline=inline
+                batch[0].task_index, level, inputs, inline=inline, lane=lane
             )
             if probs.shape[0] != n:
                 raise RuntimeError(f"forward returned {probs.shape[0]} rows for {n} examples")
         except Exception as e:  # a failing batch fails only its own requests
-            self.busy_until = 0.0
+            if main:
+                self.busy_until = 0.0
             self._on_batch(BatchEvent(task, level, n, time.perf_counter() - started, failed=True))
             error = (
                 e
@@ -305,7 +376,8 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(error)
             return
-        self.busy_until = 0.0
+        if main:
+            self.busy_until = 0.0
         self.profile.record(key, n, seconds)
         self._on_batch(BatchEvent(task, level, n, seconds, failed=False))
         offset = 0

@@ -1,10 +1,14 @@
-"""The executor: one thread per device that runs forwards, so batches never compete for
-the device, and the start-up latency profile measured on it."""
+"""The executor: the threads that run forwards, and the start-up latency profile measured
+on them. The main lane runs one forward at a time, so batches do not compete for the
+device; the express lane runs a short forward beside it only when the batcher finds a
+deadline that cannot wait for the main lane's forward to end."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,35 +51,56 @@ def model_forward(model: DVN, device: torch.device, *, plans: bool = True) -> Fo
     # (x, task, level), as the model itself is called
     run: Callable[[torch.Tensor, int, int], torch.Tensor] = planned if plans else model
 
+    lanes = threading.local()
+
+    def stream() -> contextlib.AbstractContextManager[object]:
+        """On a GPU, each executor thread's own CUDA stream, so that an express forward's
+        kernels do not queue behind the main lane's; elsewhere nothing."""
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        if not hasattr(lanes, "stream"):
+            lanes.stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        return torch.cuda.stream(lanes.stream)
+
     def forward(task: int, level: int, inputs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), stream():
             x = torch.from_numpy(inputs)
             if x.device != device:
                 x = x.to(device, non_blocking=True)
             probs = torch.softmax(run(x, task, level).float(), dim=1)
-            out: np.ndarray = probs.cpu().numpy()
+            out: np.ndarray = probs.cpu().numpy()  # waits for this thread's stream
         return out
 
     return forward
 
 
 class Executor:
-    """Runs forwards on a single worker thread."""
+    """Runs forwards on two worker threads: the main lane, and the express lane that the
+    batcher uses only for a short forward whose deadline cannot wait for the main lane's."""
 
     def __init__(self, forward: ForwardFn) -> None:
         self.forward = forward
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvn-executor")
+        self._pools = {
+            lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dvn-executor-{lane}")
+            for lane in ("main", "express")
+        }
 
     async def run(
-        self, task: int, level: int, inputs: np.ndarray, *, inline: bool = False
+        self,
+        task: int,
+        level: int,
+        inputs: np.ndarray,
+        *,
+        inline: bool = False,
+        lane: str = "main",
     ) -> tuple[np.ndarray, float]:
-        """Probabilities for ``inputs`` and the forward's wall time in seconds; with
-        ``inline``, computed on the calling (event loop's) thread, which it blocks meanwhile.
-        The caller runs one forward at a time either way."""
+        """Probabilities for ``inputs`` and the forward's wall time in seconds, computed on
+        ``lane``'s thread; with ``inline``, on the calling (event loop's) thread, which it
+        blocks meanwhile. The caller runs at most one forward per lane at a time."""
         if inline:
             return self._timed(task, level, inputs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._timed, task, level, inputs)
+        return await loop.run_in_executor(self._pools[lane], self._timed, task, level, inputs)
 
     def _timed(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
@@ -112,4 +137,5 @@ class Executor:
         return profile
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=False)

@@ -81,6 +81,7 @@ class InferenceService:
             arriving=lambda: self.arriving,
             on_batch=self._batch_done,
             inline_s=settings.inline_forward_ms / 1e3,
+            express_s=settings.express_forward_ms / 1e3,
         )
         self.forecast = Forecaster(profile, self.batcher, settings)
 

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         description="a forward predicted to take at most this long runs on the event loop's "
         "thread when no other request is queued or arriving (no thread hand-off); 0: never",
     )
+    express_forward_ms: float = Field(
+        default=3.0,
+        ge=0,
+        le=1000,
+        description="while a forward runs, a forward predicted to take at most this long may "
+        "run beside it on a second thread when its deadline could not wait; 0: one forward at "
+        "a time",
+    )
     level_plans: bool = Field(
         default=True,
         description="run each level on its own folded copy of its weights (faster small "
