@@ -84,6 +84,7 @@ class BatchEvent:
     examples: int
     seconds: float
     failed: bool
+    express: bool = False  # ran on the express lane
 
 
 class Batcher:
@@ -363,7 +364,9 @@ class Batcher:
         except Exception as e:  # a failing batch fails only its own requests
             if main:
                 self.busy_until = 0.0
-            self._on_batch(BatchEvent(task, level, n, time.perf_counter() - started, failed=True))
+            self._on_batch(
+                BatchEvent(task, level, n, time.perf_counter() - started, True, not main)
+            )
             error = (
                 e
                 if isinstance(e, ServeError)
@@ -379,7 +382,7 @@ class Batcher:
         if main:
             self.busy_until = 0.0
         self.profile.record(key, n, seconds)
-        self._on_batch(BatchEvent(task, level, n, seconds, failed=False))
+        self._on_batch(BatchEvent(task, level, n, seconds, failed=False, express=not main))
         offset = 0
         for p in batch:
             rows = probs[offset : offset + p.examples]

@@ -47,6 +47,23 @@ class Forecaster:
         """The latency one example at ``level`` of ``task`` is predicted to see now."""
         return self._predict(self.queue_state(), (task, level), 1)
 
+    def ceiling(self, task: TaskEntry) -> int:
+        """The largest level ``task``'s latency-budgeted requests may use now
+        (``server.capacity``)."""
+        return budgeted_ceiling(
+            self.profile,
+            task.name,
+            [lv.level for lv in task.levels],
+            self.arrivals.per_s(),
+            self.settings.max_batch_size,
+            TARGET_BUSY,
+        )
+
+    def error_quantile(self, task: str, level: int, q: float) -> float:
+        """The ``q`` quantile of ``level``'s recent prediction errors (0 with none)."""
+        errors = self.errors.get((task, level))
+        return 0.0 if errors is None else errors.quantile(q)
+
     def options(
         self,
         task: TaskEntry,
@@ -61,14 +78,7 @@ class Forecaster:
         latency = None if budget is None else budget.latency_s
         ceiling = len(task.levels)
         if latency is not None and only is None:
-            ceiling = budgeted_ceiling(
-                self.profile,
-                task.name,
-                [lv.level for lv in task.levels],
-                self.arrivals.per_s(),
-                self.settings.max_batch_size,
-                TARGET_BUSY,
-            )
+            ceiling = self.ceiling(task)
         found = []
         for lv in task.levels if only is None else task.levels[only - 1 : only]:
             key = (task.name, lv.level)

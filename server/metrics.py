@@ -4,6 +4,7 @@ prometheus_client objects."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # rejected (load shedding: 429/503/504), error (the server failed, 5xx), cancelled (the
 # client went away before its answer; not computed if its batch had not started).
 OUTCOMES = ("ok", "invalid", "rejected", "error", "cancelled")
+# dvn_prediction_error_seconds{quantile}
+PREDICTION_ERROR_QUANTILES = (0.5, 0.95)
 
 
 class Metrics:
@@ -83,6 +86,21 @@ class Metrics:
             "Predicted time to answer one example now, queueing included.",
             ["task", "level"], registry=r,
         )  # fmt: skip
+        self.ceiling = Gauge(
+            "dvn_level_ceiling",
+            "Largest level latency-budgeted requests may use at the current arrival rate.",
+            ["task"], registry=r,
+        )  # fmt: skip
+        self.prediction_error = Gauge(
+            "dvn_prediction_error_seconds",
+            "Measured minus predicted latency of recent budgeted requests, by quantile.",
+            ["task", "level", "quantile"], registry=r,
+        )  # fmt: skip
+        self.express_forwards = Counter(
+            "dvn_express_forwards",
+            "Forwards run on the express lane (beside a running forward, for a deadline).",
+            ["task", "level"], registry=r,
+        )  # fmt: skip
         self.batch_failures = Counter(
             "dvn_batch_failures", "Batches whose forward failed.", ["task", "level"], registry=r
         )
@@ -123,6 +141,7 @@ class Metrics:
         for task, level in levels:
             lv = str(level)
             self.queue_capacity.labels(task, lv).set(queue_capacity)
+            self.express_forwards.labels(task, lv)
             self.queue_depth.labels(task, lv).set(0)
             # Zero series up front so rate() and the dashboards see them from the start.
             for outcome in OUTCOMES:
@@ -158,10 +177,19 @@ class Metrics:
             self._child(self.budget, task, missed, "missed").inc()
 
     def batch_done(
-        self, *, task: str, level: int, units: Iterable[int], examples: int, seconds: float
+        self,
+        *,
+        task: str,
+        level: int,
+        units: Iterable[int],
+        examples: int,
+        seconds: float,
+        express: bool = False,
     ) -> None:
         lv = str(level)
         self._child(self.compute, task, lv).observe(seconds)
+        if express:
+            self._child(self.express_forwards, task, lv).inc()
         self._child(self.batch_size, task, lv).observe(examples)
         for unit in units:
             self._child(self.unit_examples, str(unit)).inc(examples)
@@ -181,3 +209,21 @@ class Metrics:
         """Report ``predict()`` (the latency one example at ``level`` would see now) at
         each scrape, rather than setting it on every request."""
         self._child(self.predicted_latency, task, str(level)).set_function(predict)
+
+    def watch_selection(
+        self,
+        *,
+        task: str,
+        levels: Iterable[int],
+        ceiling: Callable[[], float],
+        error: Callable[[int, float], float],
+    ) -> None:
+        """Report, at each scrape, ``ceiling()`` (the capacity ceiling of ``task``) and
+        ``error(level, q)`` (the ``q`` quantile of a level's recent prediction errors)
+        for q = 0.5 and 0.95: what latency selection weighs, seen from outside."""
+        self._child(self.ceiling, task).set_function(ceiling)
+        for level in levels:
+            for q in PREDICTION_ERROR_QUANTILES:
+                self._child(self.prediction_error, task, str(level), str(q)).set_function(
+                    functools.partial(error, level, q)
+                )

@@ -129,6 +129,13 @@ class Runtime:
                 level=level,
                 predict=functools.partial(service.forecast.predicted_s, task, level),
             )
+        for entry in service.tasks.values():
+            service.metrics.watch_selection(
+                task=entry.name,
+                levels=[lv.level for lv in entry.levels],
+                ceiling=functools.partial(service.forecast.ceiling, entry),
+                error=functools.partial(service.forecast.error_quantile, entry.name),
+            )
         self.ready = True
         SERVER.info(
             "ready", extra={"fields": {"warmup_s": round(time.perf_counter() - started, 2)}}

@@ -397,5 +397,5 @@ class InferenceService:
         entry = self.tasks[event.task].levels[event.level - 1]
         self.metrics.batch_done(
             task=event.task, level=event.level, units=entry.units, examples=event.examples,
-            seconds=event.seconds,
+            seconds=event.seconds, express=event.express,
         )  # fmt: skip

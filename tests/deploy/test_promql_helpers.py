@@ -40,7 +40,8 @@ pytestmark = pytest.mark.skipif(
 DASHBOARD_EXPRESSIONS = dashboard_expressions()
 ALERT_EXPRESSIONS = alert_expressions()
 
-# The metrics of DESIGN.md (plus the queue bound) the dashboard must show.
+# The metrics of DESIGN.md (plus the queue bound and what selection weighs) the dashboard
+# must show.
 DASHBOARD_METRICS = [
     "dvn_requests_total",
     "dvn_unit_examples_total",
@@ -57,6 +58,9 @@ DASHBOARD_METRICS = [
     "dvn_level_predicted_latency_seconds",
     "dvn_model_info",
     "dvn_model_param_bytes",
+    "dvn_level_ceiling",
+    "dvn_prediction_error_seconds",
+    "dvn_express_forwards_total",
 ]
 
 
@@ -197,6 +201,10 @@ def _exposition(n: int) -> str:
         f"dvn_queue_capacity{{{_SERIES.format(level=0)}}} 256",
         "dvn_inflight_requests 3",
         f"dvn_level_predicted_latency_seconds{{{_SERIES.format(level=0)}}} 0.004",
+        'dvn_level_ceiling{task="digits"} 4',
+        f'dvn_prediction_error_seconds{{{_SERIES.format(level=0)},quantile="0.5"}} 0.001',
+        f'dvn_prediction_error_seconds{{{_SERIES.format(level=0)},quantile="0.95"}} 0.003',
+        f"dvn_express_forwards_total{{{_SERIES.format(level=0)}}} {n}",
         'dvn_model_info{name="demo",version="1",sha256="ab12",device="cpu"} 1',
         "dvn_model_param_bytes 123456",
         'dvn_unit_param_bytes{unit="0"} 1000',

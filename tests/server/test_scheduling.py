@@ -187,8 +187,10 @@ async def test_at_a_rate_the_executor_cannot_keep_up_with_budgets_go_to_level_1(
     timed = (await client.post("/infer/digits?budget=10s", json=x)).json()
     assert (timed["level"], timed["selection"]) == (1, "budget")
     assert (await client.post("/infer/digits", json=x)).json()["level"] == 4
+    assert sample(await metrics(client), "dvn_level_ceiling", task="digits") == 1
     service.forecast.arrivals = EventRate()
     assert (await client.post("/infer/digits?budget=10s", json=x)).json()["level"] == 4
+    assert sample(await metrics(client), "dvn_level_ceiling", task="digits") == 4
 
 
 async def test_a_level_whose_answers_run_late_loses_budgeted_requests(client: AppClient) -> None:
@@ -196,8 +198,12 @@ async def test_a_level_whose_answers_run_late_loses_budgeted_requests(client: Ap
     chance is 0, so the most accurate other level is chosen. Other budgets and levels are
     unaffected."""
     service = client.app.state.runtime.service
-    for _ in range(64):
-        service.forecast.errors[("digits", 4)].record(20.0)
+    for i in range(64):
+        service.forecast.errors[("digits", 4)].record(20.0 if i < 60 else 30.0)
+    samples = await metrics(client)
+    error = {q: sample(samples, "dvn_prediction_error_seconds", task="digits", level="4", quantile=q) for q in ("0.5", "0.95")}  # fmt: skip
+    assert error == {"0.5": 20.0, "0.95": 30.0}
+    assert sample(samples, "dvn_prediction_error_seconds", task="digits", level="3", quantile="0.5") == 0  # fmt: skip
     x = {"inputs": example("digits", 99).tolist()}
     assert (await client.post("/infer/digits?budget=10s", json=x)).json()["level"] == 3
     assert (await client.post("/infer/digits?budget=30s", json=x)).json()["level"] == 4
@@ -239,3 +245,6 @@ async def test_a_request_that_cannot_wait_runs_beside_a_long_forward(
             assert r.status_code == 200, r.text
     main, express = "dvn-executor-main_0", "dvn-executor-express_0"
     assert threads.names == [main, express if express_ms else main, main]
+    samples = await metrics(client)
+    lane = {lv: sample(samples, "dvn_express_forwards_total", task="digits", level=lv) for lv in "124"}  # fmt: skip
+    assert lane == {"1": 1 if express_ms else 0, "2": 0, "4": 0}
