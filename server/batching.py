@@ -116,7 +116,8 @@ class Batcher:
         # A forward predicted at most this long may run on the express lane while the main
         # lane is busy, when its deadline could not wait (0: off).
         self.express_s = express_s
-        self._lanes: dict[str, asyncio.Task[None]] = {}  # the forwards running now, by lane
+        # the forwards running now, by lane
+        self._lanes: dict[str, asyncio.Future[tuple[np.ndarray, float]]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -151,11 +152,12 @@ class Batcher:
         self._task = asyncio.create_task(self._run(), name="dvn-batcher")
 
     async def stop(self) -> None:
-        for task in [self._task, *self._lanes.values()]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Stop the loop; a forward running now finishes on its thread, and its requests
+        get its answer (or its error) when it does."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def fail_queued(self, error: ServeError) -> int:
         """Fail every queued request with ``error`` (a drain that ran out of time); the
@@ -335,38 +337,58 @@ class Batcher:
         return False
 
     def _start(self, key: LevelKey, batch: list[Pending], lane: str) -> None:
-        task = asyncio.create_task(self._execute(key, batch, lane), name=f"dvn-forward-{lane}")
-        self._lanes[lane] = task
+        """Start ``batch``'s forward on ``lane`` now (no loop iteration in between); on an
+        idle server a forward predicted within ``inline_s`` runs here, on the loop's thread."""
+        inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
+        started = time.perf_counter()
+        expected = self.profile.forward_s(key, int(inputs.shape[0]))
+        idle = self._arriving() == 0 and not self.total_queued() and not self._lanes
+        if idle and 0 < expected <= self.inline_s:  # 0: not profiled, cost unknown
+            forward: asyncio.Future[tuple[np.ndarray, float]] = (
+                asyncio.get_running_loop().create_future()
+            )
+            try:
+                forward.set_result(self.executor.call(batch[0].task_index, key[1], inputs))
+            except Exception as e:
+                forward.set_exception(e)
+            self._finish(key, batch, inputs, started, forward, express=False)
+            return
+        if lane == "main":
+            self.busy_until = started + expected
+        forward = self.executor.submit(batch[0].task_index, key[1], inputs, lane)
+        self._lanes[lane] = forward
 
-        def done(_: asyncio.Task[None]) -> None:
+        def done(_: asyncio.Future[tuple[np.ndarray, float]]) -> None:
             del self._lanes[lane]
+            if lane == "main":
+                self.busy_until = 0.0
+            self._finish(key, batch, inputs, started, forward, express=lane == "express")
             self._wake.set()
 
-        task.add_done_callback(done)
+        forward.add_done_callback(done)
 
-    async def _execute(self, key: LevelKey, batch: list[Pending], lane: str = "main") -> None:
+    def _finish(
+        self,
+        key: LevelKey,
+        batch: list[Pending],
+        inputs: np.ndarray,
+        started: float,
+        forward: asyncio.Future[tuple[np.ndarray, float]],
+        *,
+        express: bool,
+    ) -> None:
+        """Hand each request of ``batch`` its rows of the finished ``forward``, or its error:
+        a failing batch fails only its own requests."""
         task, level = key
-        inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         n = int(inputs.shape[0])
-        started = time.perf_counter()
-        expected = self.profile.forward_s(key, n)
-        main = lane == "main"
-        if main:
-            self.busy_until = started + expected
-        idle = self._arriving() == 0 and not self.total_queued() and len(self._lanes) == 1
-        inline = idle and 0 < expected <= self.inline_s  # 0: not profiled, cost unknown
         try:
-            probs, seconds = await self.executor.run(
-                batch[0].task_index, level, inputs, inline=inline, lane=lane
-            )
+            if forward.cancelled():
+                raise RuntimeError("the forward was cancelled (the server is stopping)")
+            probs, seconds = forward.result()
             if probs.shape[0] != n:
                 raise RuntimeError(f"forward returned {probs.shape[0]} rows for {n} examples")
-        except Exception as e:  # a failing batch fails only its own requests
-            if main:
-                self.busy_until = 0.0
-            self._on_batch(
-                BatchEvent(task, level, n, time.perf_counter() - started, True, not main)
-            )
+        except Exception as e:
+            self._on_batch(BatchEvent(task, level, n, time.perf_counter() - started, True, express))
             error = (
                 e
                 if isinstance(e, ServeError)
@@ -379,10 +401,8 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(error)
             return
-        if main:
-            self.busy_until = 0.0
         self.profile.record(key, n, seconds)
-        self._on_batch(BatchEvent(task, level, n, seconds, failed=False, express=not main))
+        self._on_batch(BatchEvent(task, level, n, seconds, failed=False, express=express))
         offset = 0
         for p in batch:
             rows = probs[offset : offset + p.examples]

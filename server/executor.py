@@ -85,22 +85,19 @@ class Executor:
             for lane in ("main", "express")
         }
 
-    async def run(
-        self,
-        task: int,
-        level: int,
-        inputs: np.ndarray,
-        *,
-        inline: bool = False,
-        lane: str = "main",
-    ) -> tuple[np.ndarray, float]:
-        """Probabilities for ``inputs`` and the forward's wall time in seconds, computed on
-        ``lane``'s thread; with ``inline``, on the calling (event loop's) thread, which it
-        blocks meanwhile. The caller runs at most one forward per lane at a time."""
-        if inline:
-            return self._timed(task, level, inputs)
+    def submit(
+        self, task: int, level: int, inputs: np.ndarray, lane: str = "main"
+    ) -> asyncio.Future[tuple[np.ndarray, float]]:
+        """Start the forward of ``inputs`` on ``lane``'s thread now; the future gives the
+        probabilities and the forward's wall time in seconds. The caller runs at most one
+        forward per lane at a time."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pools[lane], self._timed, task, level, inputs)
+        return loop.run_in_executor(self._pools[lane], self._timed, task, level, inputs)
+
+    def call(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+        """The same, computed on the calling (event loop's) thread, which it blocks
+        meanwhile: for a forward shorter than the hand-off to a thread and back."""
+        return self._timed(task, level, inputs)
 
     def _timed(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
