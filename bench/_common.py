@@ -35,6 +35,27 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of every CPU since boot, from ``/proc/stat``; None where there
+    is none. Steal is time the hypervisor gave this VM's CPUs to someone else: a busy
+    neighbour slows every figure without showing in this machine's load average."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return values[7], sum(values)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time stolen between two :func:`cpu_times` readings (0 to 1)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 4)
+
+
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     """Median wall time of ``fn`` over ``repeats`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench._common import machine_line, write_report
+from bench._common import cpu_times, machine_line, steal_share, write_report
 from bench._process import dvn_serve
 from bench.peers import closed_loop, fmt, percentile_ms, progress
 from clients.loadtest import LoadTestConfig, run_loadtest
@@ -108,6 +108,7 @@ def load_point(
     """One open-loop run, from an idle server: attainment and effective accuracy (see
     ``EFFECTIVE_ACCURACY``)."""
     wait_idle(url)
+    cpu_before = cpu_times()
     report = run_loadtest(
         LoadTestConfig(
             url=url,
@@ -143,6 +144,7 @@ def load_point(
             for b, a in report.budget_attainment.items()
         },
         "errors": report.errors_by_type,
+        "steal": steal_share(cpu_before, cpu_times()),
     }
 
 
@@ -184,6 +186,7 @@ def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": max(p99s) if p99s else None,
         "per_budget": summed("per_budget"),
         "errors": summed("errors"),
+        "steal": max((r["steal"] for r in runs if r.get("steal") is not None), default=None),
     }
 
 
@@ -342,20 +345,23 @@ def _markdown(d: dict[str, Any]) -> str:
         "summed over the rounds, the effective accuracy of each round is in brackets, p99 is "
         f"the worst round's), budget mix `{d['budget_mix']}` ({derivation}). Capacity (closed loop, "
         f"level pinned): top level {cap['top']} req/s, level 1 {cap['level1']} req/s; load is "
-        "a fraction of the top level's. The three policies get the same arrivals at each point.",
+        "a fraction of the top level's. The three policies get the same arrivals at each point. "
+        "CPU stolen: the share of this VM's CPU time its hypervisor gave to others during the "
+        "point (the worst round's; `/proc/stat`): a point with much stolen ran on a slower "
+        "machine than its neighbours.",
         "",
         EFFECTIVE_ACCURACY,
         "",
         "| load | req/s target (offered) | policy | answered/sent | met/answered | met/sent "
-        "| effective accuracy | levels answered | p99 ms |",
-        "|---:|---:|---|---:|---:|---:|---:|---|---:|",
+        "| effective accuracy | levels answered | p99 ms | CPU stolen |",
+        "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in d["rows"]:
         mix = " ".join(f"L{k}:{v}" for k, v in r["levels"].items())
         lines.append(
             f"| {r['load']:.0%} | {r['rate']} ({r['offered_rps']}) | {r['policy']} | {r['answered']}/{r['sent']} "
             f"| {_pct(r['met_answered'])} | {_pct(r['met_sent'])} | {r['effective_accuracy']}"
-            f"{_rounds(r)} | {mix} | {fmt(r['p99_ms'])} |"
+            f"{_rounds(r)} | {mix} | {fmt(r['p99_ms'])} | {_pct(r.get('steal'))} |"
         )
     lines += ["", "| goal | measured | |", "|---|---|---|"]
     for g in d["goals"]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench._common import cpu_times, steal_share
 from bench.all import PARTS
 from bench.budgets import derive_budget_mix, goals, merge_rounds
 from dvn.cli import build_parser, main
@@ -66,6 +67,7 @@ def test_budgets_ran_three_policies_at_each_load(suite: tuple[Path, Path]) -> No
     ]
     assert all(r["sent"] > 0 for r in data["rows"])
     assert all(len(r["rounds"]) == 2 for r in data["rows"])  # the default: two rounds
+    assert all(0 <= r["steal"] <= 1 for r in data["rows"])  # this VM has /proc/stat
     assert len(data["goals"]) == 2
 
 
@@ -141,18 +143,31 @@ def test_budget_goals_count_only_loads_below_level_one_capacity() -> None:
 
 
 def test_rounds_merge_by_summing_counts() -> None:
-    def run(sent: int, met: int, score: float, p50: float, p99: float) -> dict[str, object]:
+    def run(
+        sent: int, met: int, score: float, p50: float, p99: float, steal: float | None
+    ) -> dict[str, object]:
         return {"offered_rps": 100.0, "score": score, "sent": sent, "answered": sent - 1,
                 "met": met, "effective_accuracy": round(score / sent, 4),
                 "levels": {"1": sent - 1}, "p50_ms": p50, "p99_ms": p99,
                 "per_budget": {"5ms": {"sent": sent, "ok": sent - 1, "met": met}},
-                "errors": {"queue_full": 1}}  # fmt: skip
+                "errors": {"queue_full": 1}, "steal": steal}  # fmt: skip
 
-    merged = merge_rounds([run(100, 90, 81.0, 3.0, 9.0), run(300, 210, 189.0, 5.0, 7.0)])
+    merged = merge_rounds(
+        [run(100, 90, 81.0, 3.0, 9.0, 0.02), run(300, 210, 189.0, 5.0, 7.0, 0.15)]
+    )
     assert merged == {
         "offered_rps": 100.0, "score": 270.0, "sent": 400, "answered": 398, "met": 300,
         "met_answered": round(300 / 398, 4), "met_sent": 0.75, "effective_accuracy": 0.675,
         "rounds": [0.81, 0.63], "levels": {"1": 398}, "p50_ms": 5.0, "p99_ms": 9.0,
         "per_budget": {"5ms": {"sent": 400, "ok": 398, "met": 300}},
-        "errors": {"queue_full": 2},
+        "errors": {"queue_full": 2}, "steal": 0.15,
     }  # fmt: skip
+    assert merge_rounds([run(10, 9, 8.1, 3.0, 9.0, None)])["steal"] is None
+
+
+def test_steal_share_is_the_stolen_part_of_the_cpu_time_between_readings() -> None:
+    assert steal_share((100, 1000), (130, 1200)) == 0.15
+    assert steal_share(None, (130, 1200)) is None
+    assert steal_share((100, 1000), (100, 1000)) is None  # no time passed
+    reading = cpu_times()
+    assert reading is not None and 0 <= reading[0] <= reading[1]
