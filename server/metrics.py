@@ -27,7 +27,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # rejected (load shedding: 429/503/504), error (the server failed, 5xx), cancelled (the
 # client went away before its answer; not computed if its batch had not started).
 OUTCOMES = ("ok", "invalid", "rejected", "error", "cancelled")
-# dvn_prediction_error_seconds{quantile}
+# dvn_prediction_error_seconds{q}
 PREDICTION_ERROR_QUANTILES = (0.5, 0.95)
 
 
@@ -93,8 +93,8 @@ class Metrics:
         )  # fmt: skip
         self.prediction_error = Gauge(
             "dvn_prediction_error_seconds",
-            "Measured minus predicted latency of recent budgeted requests, by quantile.",
-            ["task", "level", "quantile"], registry=r,
+            "Measured minus predicted latency of recent budgeted requests: quantile q.",
+            ["task", "level", "q"], registry=r,
         )  # fmt: skip
         self.express_forwards = Counter(
             "dvn_express_forwards",

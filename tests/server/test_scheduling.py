@@ -201,9 +201,9 @@ async def test_a_level_whose_answers_run_late_loses_budgeted_requests(client: Ap
     for i in range(64):
         service.forecast.errors[("digits", 4)].record(20.0 if i < 60 else 30.0)
     samples = await metrics(client)
-    error = {q: sample(samples, "dvn_prediction_error_seconds", task="digits", level="4", quantile=q) for q in ("0.5", "0.95")}  # fmt: skip
+    error = {q: sample(samples, "dvn_prediction_error_seconds", task="digits", level="4", q=q) for q in ("0.5", "0.95")}  # fmt: skip
     assert error == {"0.5": 20.0, "0.95": 30.0}
-    assert sample(samples, "dvn_prediction_error_seconds", task="digits", level="3", quantile="0.5") == 0  # fmt: skip
+    assert sample(samples, "dvn_prediction_error_seconds", task="digits", level="3", q="0.5") == 0  # fmt: skip
     x = {"inputs": example("digits", 99).tolist()}
     assert (await client.post("/infer/digits?budget=10s", json=x)).json()["level"] == 3
     assert (await client.post("/infer/digits?budget=30s", json=x)).json()["level"] == 4
