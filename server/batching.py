@@ -26,65 +26,16 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from server.errors import DeadlineExceeded, InferenceFailed, ServeError
 from server.executor import Executor
+from server.pending import BatchEvent, BatchResult, Pending
 from server.profile import LatencyProfile, LevelKey
-from server.selection import OnMiss, Reason
 
 # How long a request without a latency budget lets budgeted ones go first.
 NO_BUDGET_YIELD_S = 1.0
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What one request gets back from its batch."""
-
-    probabilities: np.ndarray  # (examples, classes)
-    level: int
-    reason: Reason
-    queue_wait_s: float
-    compute_s: float
-    batch_examples: int
-
-
-@dataclass(eq=False)
-class Pending:
-    """A request waiting in a level queue."""
-
-    task: str
-    task_index: int
-    level: int
-    reason: Reason
-    inputs: np.ndarray  # (B, C, H, W) float32
-    deadline: float | None  # perf_counter time, None without a latency budget
-    on_miss: OnMiss
-    future: asyncio.Future[BatchResult]
-    enqueued: float = field(default_factory=time.perf_counter)
-    abandoned: bool = False  # the client went away
-
-    @property
-    def examples(self) -> int:
-        return int(self.inputs.shape[0])
-
-    @property
-    def key(self) -> LevelKey:
-        return (self.task, self.level)
-
-
-@dataclass
-class BatchEvent:
-    """Facts about one finished forward, for metrics and the profile."""
-
-    task: str
-    level: int
-    examples: int
-    seconds: float
-    failed: bool
-    express: bool = False  # ran on the express lane
 
 
 class Batcher:

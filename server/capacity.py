@@ -25,6 +25,9 @@ from server.profile import LatencyProfile
 # Executor time per second the ceiling allows: headroom for bursts (Poisson arrivals) and
 # for forwards slowed by the web stack sharing the cores.
 TARGET_BUSY = 0.7
+# A request is refused up front when the backlog in flight is expected to take this many
+# times its latency budget (that backlog is a mean: some requests get through faster).
+SHED_FACTOR = 4.0
 
 
 @dataclass

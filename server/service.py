@@ -15,9 +15,9 @@ from model_store.checkpoint import Checkpoint
 from model_store.costs import unit_param_bytes
 from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
-from server.batching import Batcher, BatchEvent, BatchResult, Pending
+from server.batching import Batcher
 from server.budget import Budget
-from server.capacity import EventRate, backlog_seconds
+from server.capacity import SHED_FACTOR, EventRate, backlog_seconds
 from server.errors import (
     BudgetUnsatisfiable,
     DeadlineExceeded,
@@ -32,13 +32,10 @@ from server.executor import Executor
 from server.forecast import Forecaster
 from server.metrics import Metrics
 from server.outcome import Answer, ClientDisconnected, Handling, Ticket, outcome_of
+from server.pending import BatchEvent, BatchResult, Pending
 from server.profile import LatencyProfile
 from server.selection import OnMiss, Selection, select_level
 from server.settings import Settings
-
-# A request is refused up front when the backlog in flight is expected to take this many
-# times its latency budget (that backlog is a mean: some requests get through faster).
-SHED_FACTOR = 4.0
 
 
 class InferenceService:
