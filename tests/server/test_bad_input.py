@@ -5,7 +5,7 @@ request with 200. One app serves the whole table, so it also survives all of the
 
 Limits of the app under test: ``max_body_bytes`` 4096, ``max_request_batch`` 4,
 ``max_image_pixels`` at its default (16,000,000). The decoders' own unit tests are in
-tests/server/test_decode.py; this is the end-to-end view through HTTP.
+tests/server/decode/; this is the end-to-end view through HTTP.
 """
 
 from __future__ import annotations
