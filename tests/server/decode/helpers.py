@@ -11,27 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store.tasks import Preprocessing, TaskSpec
+from model_store.tasks import TaskSpec
 from server.decode import Inputs, decode
 from server.errors import ServeError
-
-DIGITS = TaskSpec(
-    name="digits",
-    classes=tuple(str(d) for d in range(10)),
-    input_shape=(1, 8, 8),
-    preprocessing=Preprocessing(color_mode="L", size=(8, 8), mean=(0.5,), std=(0.25,)),
-)
-
-
-SHAPES = TaskSpec(
-    name="shapes",
-    classes=tuple(f"c{i}" for i in range(8)),
-    input_shape=(3, 16, 16),
-    preprocessing=Preprocessing(
-        color_mode="RGB", size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
-    ),
-)
-
+from tests.conftest import DIGITS, SHAPES
 
 SPECS = {"digits": DIGITS, "shapes": SHAPES}
 
