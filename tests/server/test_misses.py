@@ -33,7 +33,7 @@ def test_the_window_keeps_the_last_errors_only() -> None:
     errors = PredictionErrors(window=4, min_samples=1)
     for e in (1, 2, 3, 4, 10, 11):
         errors.record(e * MS)
-    assert len(errors) == 4  # 3, 4, 10, 11 ms
+    assert errors.count() == 4  # 3, 4, 10, 11 ms
     assert errors.p_within(4 * MS) == 0.5
     assert errors.quantile(0.0) == 3 * MS
     assert errors.quantile(1.0) == 11 * MS
@@ -48,6 +48,23 @@ def test_a_request_that_missed_unanswered_counts_just_over_its_margin() -> None:
 
 def test_quantile_without_errors_is_zero() -> None:
     assert PredictionErrors().quantile(0.99) == 0.0
+
+
+def test_errors_older_than_max_age_are_forgotten() -> None:
+    """A bad spell at t = 0 (40 answers 20 ms late), then nothing at that level: its chance
+    for a 10 ms margin is 0 until the spell is 30 s old, then it is trusted again (1.0: too
+    few left); the newer errors of t = 20 s outlive the old ones."""
+    errors = PredictionErrors(window=256, min_samples=32, max_age_s=30.0)
+    for _ in range(40):
+        errors.record(20 * MS, now=0.0)
+    for _ in range(10):
+        errors.record(1 * MS, now=20.0)
+    assert errors.p_within(10 * MS, now=29.0) == 10 / 50
+    assert errors.quantile(0.5, now=29.0) == 20 * MS
+    assert errors.count(now=30.5) == 10
+    assert errors.p_within(10 * MS, now=30.5) == 1.0  # 10 left, under min_samples
+    assert errors.quantile(0.5, now=30.5) == 1 * MS
+    assert errors.count(now=50.5) == 0
 
 
 def test_event_rate_is_a_decaying_count_per_second() -> None:
