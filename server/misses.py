@@ -30,7 +30,7 @@ class PredictionErrors:
 
     window: int = 256
     min_samples: int = 32  # fewer than this: no evidence yet, every prediction is trusted
-    max_age_s: float = 30.0
+    max_age_s: float = 5.0
     _order: deque[tuple[float, float]] = field(default_factory=deque)  # (when, error)
     _sorted: list[float] = field(default_factory=list)
 
