@@ -18,6 +18,7 @@ from model_store.checkpoint import Checkpoint
 from server.batching import NO_BUDGET_YIELD_S
 from server.capacity import EventRate
 from server.executor import ForwardFn
+from server.misses import PredictionErrors
 from tests.conftest import AppClient, ServeFactory, wait_until
 from tests.server.helpers import (
     BLOCK,
@@ -198,8 +199,10 @@ async def test_a_level_whose_answers_run_late_loses_budgeted_requests(client: Ap
     chance is 0, so the most accurate other level is chosen. Other budgets and levels are
     unaffected."""
     service = client.app.state.runtime.service
+    # remembered for an hour, so that a slow machine cannot age them out mid-test
+    late = service.forecast.errors[("digits", 4)] = PredictionErrors(max_age_s=3600.0)
     for i in range(64):
-        service.forecast.errors[("digits", 4)].record(20.0 if i < 60 else 30.0)
+        late.record(20.0 if i < 60 else 30.0)
     samples = await metrics(client)
     error = {q: sample(samples, "dvn_prediction_error_seconds", task="digits", level="4", q=q) for q in ("0.5", "0.95")}  # fmt: skip
     assert error == {"0.5": 20.0, "0.95": 30.0}
