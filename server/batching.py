@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -157,13 +158,13 @@ class Batcher:
                 if batch:
                     self._start(key, batch, "main")
                 continue
-            wait = self._express_in(key)
-            if wait is not None and wait <= 0:
-                batch = self._take(key, self._express_examples(key))
+            express = self._express_in(key)
+            if express is not None and express[0] <= 0:
+                batch = self._take(key, express[1])
                 if batch:
                     self._start(key, batch, "express")
                 continue
-            await self._sleep(wait)
+            await self._sleep(None if express is None else express[0])
 
     async def _sleep(self, timeout: float | None) -> None:
         """Until something is queued or a forward ends, or ``timeout`` seconds pass."""
@@ -179,25 +180,25 @@ class Batcher:
             n -= 1
         return n
 
-    def _express_in(self, key: LevelKey) -> float | None:
-        """Seconds until the head of ``key``'s queue must go to the express lane (0: now):
-        when waiting for the main lane's forward to end would miss its deadline and the
-        express lane, free, would not. None: not a case for the express lane (busy, off,
-        a forward too long for it, or no deadline it could save)."""
+    def _express_in(self, key: LevelKey) -> tuple[float, int] | None:
+        """When the head of ``key``'s queue must go to the express lane, in seconds from now
+        (0: now), and how many examples that forward takes: when waiting for the main
+        lane's forward to end would miss its deadline and the express lane, free, would
+        not. None: not a case for the express lane (busy, off, a forward too long for it,
+        or no deadline it could save)."""
         if "express" in self._lanes or self.express_s <= 0:
             return None
-        queue = self.queues[key]
         n = self._express_examples(key)
         forward = self.profile.forward_s(key, n)
         if forward <= 0 or forward > self.express_s:
             return None
-        due = min(self.urgency(p) for p in list(queue)[: max(1, n)])
+        due = min(self.urgency(p) for p in itertools.islice(self.queues[key], n))
         now = time.perf_counter()
         if now + forward > due:
             return None  # too late for either lane: triage decides
         if max(self.busy_until, now) + forward > due:
-            return 0.0
-        return due - forward - now  # unless the main lane's forward has ended by then
+            return 0.0, n
+        return due - forward - now, n  # unless the main lane's forward has ended by then
 
     async def _fill(self, key: LevelKey) -> bool:
         """Wait, at most until the head's delay runs out and never past the time a queued
@@ -339,7 +340,11 @@ class Batcher:
             if probs.shape[0] != n:
                 raise RuntimeError(f"forward returned {probs.shape[0]} rows for {n} examples")
         except Exception as e:
-            self._on_batch(BatchEvent(task, level, n, time.perf_counter() - started, True, express))
+            self._on_batch(
+                BatchEvent(
+                    task, level, n, time.perf_counter() - started, failed=True, express=express
+                )
+            )
             error = (
                 e
                 if isinstance(e, ServeError)

@@ -53,14 +53,15 @@ def model_forward(model: DVN, device: torch.device, *, plans: bool = True) -> Fo
 
     lanes = threading.local()
 
-    def stream() -> contextlib.AbstractContextManager[object]:
+    def own_stream() -> contextlib.AbstractContextManager[object]:
         """On a GPU, each executor thread's own CUDA stream, so that an express forward's
-        kernels do not queue behind the main lane's; elsewhere nothing."""
-        if device.type != "cuda":
-            return contextlib.nullcontext()
+        kernels do not queue behind the main lane's."""
         if not hasattr(lanes, "stream"):
             lanes.stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         return torch.cuda.stream(lanes.stream)
+
+    # decided once: nothing to enter per forward elsewhere
+    stream = own_stream if device.type == "cuda" else contextlib.nullcontext
 
     def forward(task: int, level: int, inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode(), stream():
