@@ -98,20 +98,23 @@ class Watcher:
         while not self._stop.wait(self.interval):
             self._sample()
             ticks += 1
-            if not self.progress or not (tty or ticks % 10 == 0):
-                continue
-            elapsed, rss = self.rss[-1]
-            try:
-                done = requests_counted(self.server.url) - self.counted_from
-            except httpx.HTTPError:
-                continue
-            line = (
-                f"[soak {elapsed:6.0f}s] answered {done}/{self.total} "
-                f"({done / max(elapsed, 1e-9):.0f}/s)  server RSS {rss / MIB:.1f} MiB "
-                f"({(rss - self.rss[0][1]) / MIB:+.1f})"
-            )
-            sys.stderr.write(("\r\x1b[2K" + line) if tty else line + "\n")
-            sys.stderr.flush()
+            if self.progress and (tty or ticks % 10 == 0):
+                self._report(tty)
+
+    def _report(self, tty: bool) -> None:
+        """One progress line: in place on a terminal, a line of its own elsewhere."""
+        elapsed, rss = self.rss[-1]
+        try:
+            done = requests_counted(self.server.url) - self.counted_from
+        except httpx.HTTPError:
+            return
+        line = (
+            f"[soak {elapsed:6.0f}s] answered {done}/{self.total} "
+            f"({done / max(elapsed, 1e-9):.0f}/s)  server RSS {rss / MIB:.1f} MiB "
+            f"({(rss - self.rss[0][1]) / MIB:+.1f})"
+        )
+        sys.stderr.write(("\r\x1b[2K" + line) if tty else line + "\n")
+        sys.stderr.flush()
 
     def __enter__(self) -> Watcher:
         self._thread.start()
@@ -121,8 +124,12 @@ class Watcher:
         self._stop.set()
         self._thread.join(10)
         self._sample()
-        if self.progress and sys.stderr.isatty():
-            sys.stderr.write("\n")
+        if self.progress:
+            # the final count, also for a run shorter than one interval
+            tty = sys.stderr.isatty()
+            self._report(tty)
+            if tty:
+                sys.stderr.write("\n")
 
 
 @dataclass
