@@ -8,7 +8,8 @@ The DVN's own forward slices the full-width weights on every call (a copy for ev
 convolution whose input channels are a slice) and runs a batch norm after each convolution:
 at the demo's sizes that fixed cost, not the arithmetic, is most of a small level's time. A
 plan holds ``level_params`` worth of weights (the level's share, not the whole network) and
-runs one convolution with a bias where the model runs a convolution and a batch norm.
+runs one convolution with a bias where the model runs a convolution and a batch norm, on the
+faster CPU kernel for the batch size (``model_store.conv_kernels``).
 
 A plan is a snapshot: built from the model's weights at that moment in eval semantics
 (running statistics), it does not follow later changes to them; build it again after
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from model_store.conv_kernels import conv2d
 from model_store.layers import ChannelSet, Norm2d, UnitConv2d, take
 from model_store.model import DVN
 
@@ -49,7 +51,7 @@ class FoldedConv:
         return cls(weight, bias, conv.stride, conv.padding)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
 
 @dataclass(frozen=True)
