@@ -11,6 +11,15 @@ traffic moves to the smallest level. Not to the largest level under the target: 
 tightest budgets would still need a smaller one, and every level in use is a queue of its
 own, so the batches would split (measured on a 2-core CPU at 94% load: a level-1/level-2
 mix met fewer budgets of every size than level 1 alone).
+
+The executor is not the only part that saturates: on a CPU the event loop (HTTP, decoding)
+does first, and a forward slows down when the cores are busy, which no profile figure
+shows. So the budgets themselves are watched too (``Attainment``): while more of the recent
+latency budgets were missed than ``break_even_miss_share`` (the share at which serving
+every budgeted request at level 1 would have scored as much even had all of them gone to
+the top level), budgeted traffic stays at level 1 as well. Level 1 missing as many keeps it
+there (overload: the fastest level misses least); once it misses fewer, every level opens
+again.
 """
 
 from __future__ import annotations
@@ -47,6 +56,41 @@ class EventRate:
     def per_s(self, now: float | None = None) -> float:
         now = time.perf_counter() if now is None else now
         return self._rate * math.exp(-max(0.0, now - self._at) / self.tau_s)
+
+
+@dataclass
+class Attainment:
+    """Latency budgets met and missed lately (answered in time; answered late, timed out in
+    a queue or shed), as decaying counts with time constant ``tau_s``."""
+
+    tau_s: float = 1.0
+    min_events: int = 20  # fewer in the last time constant: too few to say anything
+    _met: EventRate = field(init=False)
+    _missed: EventRate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._met, self._missed = EventRate(self.tau_s), EventRate(self.tau_s)
+
+    def record(self, met: bool, now: float | None = None) -> None:
+        (self._met if met else self._missed).add(1, now)
+
+    def missed_share(self, now: float | None = None) -> float:
+        """The share of recent latency budgets missed (0 with too few to tell)."""
+        met, missed = self._met.per_s(now), self._missed.per_s(now)
+        if (met + missed) * self.tau_s < self.min_events:
+            return 0.0
+        return missed / (met + missed)
+
+
+def break_even_miss_share(accuracies: Sequence[float | None]) -> float:
+    """The miss share past which level 1 alone (accuracy ``a1``, the first) scores at least
+    what any mix of levels can (at most the top accuracy ``a_top`` for each budget met):
+    ``(a_top - a1) / a_top``. 0.05 where an accuracy is not recorded."""
+    if not accuracies or any(a is None for a in accuracies):
+        return 0.05
+    known = [a for a in accuracies if a is not None]
+    top = max(known)
+    return (top - known[0]) / top if top > 0 else 0.05
 
 
 def budgeted_ceiling(

@@ -10,7 +10,13 @@ from collections import defaultdict
 from model_store.manifest import TaskEntry
 from server.batching import Batcher
 from server.budget import Budget
-from server.capacity import TARGET_BUSY, EventRate, budgeted_ceiling
+from server.capacity import (
+    TARGET_BUSY,
+    Attainment,
+    EventRate,
+    break_even_miss_share,
+    budgeted_ceiling,
+)
 from server.misses import PredictionErrors
 from server.profile import LatencyProfile, LevelKey, QueueState, predict_latency
 from server.selection import LevelOption
@@ -29,6 +35,7 @@ class Forecaster:
         # measured - predicted of recent budgeted requests, by the level selected for them
         self.errors: defaultdict[LevelKey, PredictionErrors] = defaultdict(PredictionErrors)
         self.arrivals = EventRate()  # examples a second, every task
+        self.attainment = Attainment()  # latency budgets met and missed, every task
 
     def queue_state(self) -> QueueState:
         return QueueState(self.batcher.busy_remaining_s(), dict(self.batcher.queued_examples))
@@ -49,7 +56,11 @@ class Forecaster:
 
     def ceiling(self, task: TaskEntry) -> int:
         """The largest level ``task``'s latency-budgeted requests may use now
-        (``server.capacity``)."""
+        (``server.capacity``): level 1 while recent budgets were missed past the break-even
+        share, else by the executor's time at today's arrival rate."""
+        accuracies = [None if lv.accuracy is None else lv.accuracy.value for lv in task.levels]
+        if self.attainment.missed_share() > break_even_miss_share(accuracies):
+            return min(lv.level for lv in task.levels)
         return budgeted_ceiling(
             self.profile,
             task.name,

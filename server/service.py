@@ -190,6 +190,7 @@ class InferenceService:
         if budget is not None and budget.latency_s is not None:
             backlog_s = backlog_seconds(self.serving, self.served, self.settings.max_batch_size)
             if backlog_s > SHED_FACTOR * budget.latency_s:
+                self.forecast.attainment.record(False)
                 raise ServerBusy(
                     f"the {self.serving} requests in flight are expected to take "
                     f"{backlog_s * 1e3:.1f} ms to get through, over {SHED_FACTOR:g} times this "
@@ -292,6 +293,7 @@ class InferenceService:
                 self.forecast.errors[(task.name, selection.level)].missed(
                     budget.latency_s - selection.predicted_latency_s
                 )
+                self.forecast.attainment.record(False)
             raise
         self.metrics.waited(task=task.name, level=result.level, seconds=result.queue_wait_s)
         now = time.perf_counter()
@@ -301,6 +303,7 @@ class InferenceService:
         if budget is not None:
             if budget.latency_s is not None:
                 latency_met = measured <= budget.latency_s
+                self.forecast.attainment.record(latency_met)
                 self.forecast.errors[(task.name, selection.level)].record(
                     measured - selection.predicted_latency_s
                 )
