@@ -36,6 +36,7 @@ class Forecaster:
         self.errors: defaultdict[LevelKey, PredictionErrors] = defaultdict(PredictionErrors)
         self.arrivals = EventRate()  # examples a second, every task
         self.attainment = Attainment()  # latency budgets met and missed, every task
+        self._break_even: dict[str, float] = {}  # by task: its accuracies do not change
 
     def queue_state(self) -> QueueState:
         return QueueState(self.batcher.busy_remaining_s(), dict(self.batcher.queued_examples))
@@ -58,8 +59,11 @@ class Forecaster:
         """The largest level ``task``'s latency-budgeted requests may use now
         (``server.capacity``): level 1 while recent budgets were missed past the break-even
         share, else by the executor's time at today's arrival rate."""
-        accuracies = [None if lv.accuracy is None else lv.accuracy.value for lv in task.levels]
-        if self.attainment.missed_share() > break_even_miss_share(accuracies):
+        break_even = self._break_even.get(task.name)
+        if break_even is None:
+            accuracies = [None if lv.accuracy is None else lv.accuracy.value for lv in task.levels]
+            break_even = self._break_even[task.name] = break_even_miss_share(accuracies)
+        if self.attainment.missed_share() > break_even:
             return min(lv.level for lv in task.levels)
         return budgeted_ceiling(
             self.profile,
@@ -84,12 +88,16 @@ class Forecaster:
     ) -> list[LevelOption]:
         """Every level of ``task`` (or level ``only``) as selection sees it now; with a
         latency budget, each with its chance of meeting it given the recent prediction
-        errors, and whether it is under the capacity ceiling."""
+        errors, and whether it is under the capacity ceiling. A latency budget while the
+        ceiling is level 1 sees level 1 alone (selection could choose no other, and at
+        overload the other levels' predictions are work the event loop cannot spare)."""
         state = self.queue_state()
         latency = None if budget is None else budget.latency_s
         ceiling = len(task.levels)
         if latency is not None and only is None:
             ceiling = self.ceiling(task)
+            if ceiling == task.levels[0].level:
+                only = ceiling
         found = []
         for lv in task.levels if only is None else task.levels[only - 1 : only]:
             key = (task.name, lv.level)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from server.budget import Budget
 from server.capacity import Attainment, EventRate, break_even_miss_share
 from tests.conftest import AppClient, ServeFactory
 from tests.server.helpers import error_of, example, sample
@@ -58,6 +59,19 @@ async def test_past_the_break_even_miss_share_budgets_go_to_level_1(client: AppC
         service.forecast.attainment.record(True)
     assert (await client.post("/infer/digits?budget=10s", json=x)).json()["level"] == 4
     assert sample(await metrics(client), "dvn_level_ceiling", task="digits") == 4
+
+
+async def test_at_a_level_1_ceiling_selection_sees_level_1_alone(client: AppClient) -> None:
+    """The other levels' predictions are not computed for a latency budget then (selection
+    could choose none of them); without a budget, or pinned, as before."""
+    service = client.app.state.runtime.service
+    forecast, digits = service.forecast, service.tasks["digits"]
+    tight = Budget("10s", latency_s=10.0)
+    assert [o.level for o in forecast.options(digits, 1, tight)] == [1, 2, 3, 4]
+    forecast.attainment = missed(30)
+    assert [(o.level, o.within_capacity) for o in forecast.options(digits, 1, tight)] == [(1, True)]
+    assert [o.level for o in forecast.options(digits, 1)] == [1, 2, 3, 4]
+    assert [o.level for o in forecast.options(digits, 1, tight, only=3)] == [3]
 
 
 def counts(att: Attainment) -> tuple[int, int]:
