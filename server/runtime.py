@@ -4,6 +4,7 @@ the inference service once warmed up. Built in the lifespan; nothing global."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import os
 import time
@@ -34,6 +35,18 @@ def pick_device(name: str) -> torch.device:
 
 # After a drain timeout: how long the refused requests' answers and the running batch get.
 FINAL_GRACE_S = 2.0
+
+
+def release_freed_heap() -> bool:
+    """Hand the heap freed so far back to the OS (glibc's ``malloc_trim``): warm-up, timing
+    each convolution's two kernels at batch sizes up to 64, frees about 20 MiB that glibc
+    would otherwise keep resident for good. False where the C library has none (not glibc)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 @dataclass
@@ -123,6 +136,7 @@ class Runtime:
             SERVER.exception("warm-up failed: the server will not turn ready")
             return
         service.profile.table.update(profile.table)
+        await asyncio.to_thread(release_freed_heap)
         for task, level in profile.table:
             service.metrics.watch_predicted(
                 task=task,
