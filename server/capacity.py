@@ -86,11 +86,10 @@ def break_even_miss_share(accuracies: Sequence[float | None]) -> float:
     """The miss share past which level 1 alone (accuracy ``a1``, the first) scores at least
     what any mix of levels can (at most the top accuracy ``a_top`` for each budget met):
     ``(a_top - a1) / a_top``. 0.05 where an accuracy is not recorded."""
-    if not accuracies or any(a is None for a in accuracies):
-        return 0.05
     known = [a for a in accuracies if a is not None]
-    top = max(known)
-    return (top - known[0]) / top if top > 0 else 0.05
+    if not known or len(known) < len(accuracies) or max(known) <= 0:
+        return 0.05
+    return (max(known) - known[0]) / max(known)
 
 
 def budgeted_ceiling(

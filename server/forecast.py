@@ -74,6 +74,18 @@ class Forecaster:
             TARGET_BUSY,
         )
 
+    def answered(self, key: LevelKey, error_s: float, met: bool) -> None:
+        """A budgeted request answered at ``key``: its prediction error, and whether its
+        latency budget was met."""
+        self.errors[key].record(error_s)
+        self.attainment.record(met)
+
+    def timed_out(self, key: LevelKey, margin_s: float) -> None:
+        """A budgeted request at ``key`` whose deadline passed in a queue (504), predicted
+        ``margin_s`` under its budget."""
+        self.errors[key].missed(margin_s)
+        self.attainment.record(False)
+
     def error_quantile(self, task: str, level: int, q: float) -> float:
         """The ``q`` quantile of ``level``'s recent prediction errors (0 with none)."""
         errors = self.errors.get((task, level))

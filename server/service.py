@@ -286,14 +286,13 @@ class InferenceService:
         self.metrics.queued(
             task=task.name, level=selection.level, depth=self.batcher.depth(pending.key)
         )
+        selected = (task.name, selection.level)  # errors go to the level selected, not moved to
         try:
             result = await self._wait(pending, disconnected)
         except DeadlineExceeded:
             if budget is not None and budget.latency_s is not None:
-                self.forecast.errors[(task.name, selection.level)].missed(
-                    budget.latency_s - selection.predicted_latency_s
-                )
-                self.forecast.attainment.record(False)
+                margin_s = budget.latency_s - selection.predicted_latency_s
+                self.forecast.timed_out(selected, margin_s)
             raise
         self.metrics.waited(task=task.name, level=result.level, seconds=result.queue_wait_s)
         now = time.perf_counter()
@@ -303,10 +302,8 @@ class InferenceService:
         if budget is not None:
             if budget.latency_s is not None:
                 latency_met = measured <= budget.latency_s
-                self.forecast.attainment.record(latency_met)
-                self.forecast.errors[(task.name, selection.level)].record(
-                    measured - selection.predicted_latency_s
-                )
+                error_s = measured - selection.predicted_latency_s
+                self.forecast.answered(selected, error_s, latency_met)
             if budget.memory_bytes is not None:
                 memory_met = entry.param_bytes <= budget.memory_bytes
         forecast = self.forecast
