@@ -47,10 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from model_store.checkpoint import load
-    from server.app import create_app
+    from server.engine.runtime import FINAL_GRACE_S, pick_device
+    from server.http.app import create_app
+    from server.http.serving import DrainingServer
     from server.logs import SERVER, configure_logging
-    from server.runtime import FINAL_GRACE_S, pick_device
-    from server.serving import DrainingServer
     from server.settings import load_settings
 
     settings = load_settings(

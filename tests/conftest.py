@@ -21,8 +21,8 @@ from model_store.checkpoint import save
 from model_store.manifest import Accuracy
 from model_store.model import DVN
 from model_store.tasks import Preprocessing, TaskSpec
-from server.app import create_app
-from server.runtime import ForwardWrapper
+from server.engine.runtime import ForwardWrapper
+from server.http.app import create_app
 from server.settings import Settings
 
 DIGITS = TaskSpec(

@@ -15,7 +15,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_store.checkpoint import Checkpoint
-from server.executor import ForwardFn
+from server.engine.executor import ForwardFn
 
 # Marker values no warm-up input holds (they are standard normal): a fault-injecting
 # forward recognises a request by them.

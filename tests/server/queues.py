@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from server.batching import Batcher
+from server.engine.batching import Batcher
 from tests.conftest import AppClient, wait_until
 from tests.server.helpers import parse_metrics
 

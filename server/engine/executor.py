@@ -1,0 +1,139 @@
+"""The executor: the threads that run forwards, and the start-up latency profile measured
+on them. The main lane runs one forward at a time, so batches do not compete for the
+device; the express lane runs a short forward beside it only when the batcher finds a
+deadline that cannot wait for the main lane's forward to end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from model_store.inference import LevelPlan
+from model_store.model import DVN
+from server.engine.profile import LatencyProfile
+
+# (task index, level, inputs (B, C, H, W)) -> probabilities (B, classes)
+ForwardFn = Callable[[int, int, np.ndarray], np.ndarray]
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model produced NaN or Inf for a batch."""
+
+
+def model_forward(model: DVN, device: torch.device, *, plans: bool = True) -> ForwardFn:
+    """The forward the executor runs: one level on one batch, softmax on the device.
+
+    With ``plans`` each (task, level) runs through its :class:`LevelPlan` (weight slices
+    copied out once, batch norm folded into the convolutions), built from the model's
+    weights the first time that level runs: a level then costs its own share of the weights
+    in memory, and a small level's forward is not dominated by slicing and normalising
+    full-width weights. The server never changes the weights, so a plan never goes stale.
+    Without, every level runs on the one set of weights (``model(x, task, level)``): no
+    memory beyond the checkpoint, slower small levels. Inputs are checked by the decoder,
+    not again here.
+    """
+    built: dict[tuple[int, int], LevelPlan] = {}
+
+    def planned(x: torch.Tensor, task: int, level: int) -> torch.Tensor:
+        plan = built.get((task, level))
+        if plan is None:
+            plan = built[(task, level)] = LevelPlan.build(model, task, level)
+        return plan(x)
+
+    # (x, task, level), as the model itself is called
+    run: Callable[[torch.Tensor, int, int], torch.Tensor] = planned if plans else model
+
+    lanes = threading.local()
+
+    def own_stream() -> contextlib.AbstractContextManager[object]:
+        """On a GPU, each executor thread's own CUDA stream, so that an express forward's
+        kernels do not queue behind the main lane's."""
+        if not hasattr(lanes, "stream"):
+            lanes.stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        return torch.cuda.stream(lanes.stream)
+
+    # decided once: nothing to enter per forward elsewhere
+    stream = own_stream if device.type == "cuda" else contextlib.nullcontext
+
+    def forward(task: int, level: int, inputs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), stream():
+            x = torch.from_numpy(inputs)
+            if x.device != device:
+                x = x.to(device, non_blocking=True)
+            probs = torch.softmax(run(x, task, level).float(), dim=1)
+            out: np.ndarray = probs.cpu().numpy()  # waits for this thread's stream
+        return out
+
+    return forward
+
+
+class Executor:
+    """Runs forwards on two worker threads: the main lane, and the express lane that the
+    batcher uses only for a short forward whose deadline cannot wait for the main lane's."""
+
+    def __init__(self, forward: ForwardFn) -> None:
+        self.forward = forward
+        self._pools = {
+            lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dvn-executor-{lane}")
+            for lane in ("main", "express")
+        }
+
+    def submit(
+        self, task: int, level: int, inputs: np.ndarray, lane: str = "main"
+    ) -> asyncio.Future[tuple[np.ndarray, float]]:
+        """Start the forward of ``inputs`` on ``lane``'s thread now; the future gives the
+        probabilities and the forward's wall time in seconds. The caller runs at most one
+        forward per lane at a time."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pools[lane], self._timed, task, level, inputs)
+
+    def call(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+        """The same, computed on the calling (event loop's) thread, which it blocks
+        meanwhile: for a forward shorter than the hand-off to a thread and back."""
+        return self._timed(task, level, inputs)
+
+    def _timed(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        out = self.forward(task, level, inputs)
+        seconds = time.perf_counter() - start
+        # Checked here, not in the forward, so that no forward (a wrapped one included) can
+        # hand NaN to a client as an answer.
+        if not np.isfinite(out).all():
+            raise NonFiniteOutput("the model produced NaN or Inf for this batch")
+        return out, seconds
+
+    def profile(
+        self,
+        levels: list[tuple[str, int, int, tuple[int, int, int]]],
+        batch_sizes: list[int],
+        iters: int,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> LatencyProfile:
+        """Measure every (task, level) at every batch size: one warm-up forward, then the
+        median of ``iters``. ``levels`` holds (task name, task index, level, input shape).
+        Blocking; run before the server reports ready."""
+        profile = LatencyProfile()
+        rng = np.random.default_rng(0)
+        total, done = len(levels) * len(batch_sizes), 0
+        for name, t, level, shape in levels:
+            for b in batch_sizes:
+                x = rng.standard_normal((b, *shape), dtype=np.float32)
+                self.forward(t, level, x)
+                times = [self._timed(t, level, x)[1] for _ in range(iters)]
+                profile.table.setdefault((name, level), {})[b] = statistics.median(times)
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, total)
+        return profile
+
+    def shutdown(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=False)
