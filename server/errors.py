@@ -20,7 +20,9 @@ Hierarchy (status in brackets)::
     ├── InferenceFailed [500]         the batch failed; only its requests
     ├── DeadlineUnmeetable [503]      latency budget no level meets, on_miss=reject; Retry-After
     ├── NotReady [503]                warming up or draining; Retry-After
-    └── DeadlineExceeded [504]        deadline passed in the queue, on_miss=reject
+    ├── EngineUnavailable [503]       the engine process is down or restarting; Retry-After
+    └── DeadlineExceeded [504]        deadline passed while queued (any on_miss), or its level
+                                      would answer too late (on_miss=reject)
 """
 
 from __future__ import annotations
@@ -102,6 +104,11 @@ class ServerBusy(ServeError):
     status, type = 429, "server_busy"
 
 
+class BacklogShed(ServerBusy):
+    """A :class:`ServerBusy` for a latency budget the backlog would outlast (same type on
+    the wire; the engine counts it as a missed budget)."""
+
+
 class InferenceFailed(ServeError):
     status, type = 500, "inference_failed"
 
@@ -112,6 +119,10 @@ class DeadlineUnmeetable(ServeError):
 
 class NotReady(ServeError):
     status, type = 503, "not_ready"
+
+
+class EngineUnavailable(ServeError):
+    status, type = 503, "engine_unavailable"
 
 
 class DeadlineExceeded(ServeError):
@@ -135,5 +146,7 @@ ALL_ERRORS: tuple[type[ServeError], ...] = (
     InferenceFailed,
     DeadlineUnmeetable,
     NotReady,
+    EngineUnavailable,
     DeadlineExceeded,
 )
+BY_TYPE: dict[str, type[ServeError]] = {e.type: e for e in ALL_ERRORS}

@@ -169,12 +169,14 @@ class Metrics:
             self._child(self.budget, task, kind, "met" if met else "missed").inc()
         del examples  # examples are counted per batch, in batch_done
 
-    def refused(self, *, task: str, level: int | None, outcome: str, missed: str | None) -> None:
-        """A request not answered: ``invalid``, ``rejected``, ``error`` or ``cancelled``;
-        ``missed`` names the budget kind that refused it, if one did."""
-        self._child(self.requests, task, "none" if level is None else str(level), outcome).inc()
+    def refused(
+        self, *, task: str, level: int | None, outcome: str, missed: str | None, n: int = 1
+    ) -> None:
+        """``n`` requests not answered: ``invalid``, ``rejected``, ``error`` or
+        ``cancelled``; ``missed`` names the budget kind that refused them, if one did."""
+        self._child(self.requests, task, "none" if level is None else str(level), outcome).inc(n)
         if missed is not None:
-            self._child(self.budget, task, missed, "missed").inc()
+            self._child(self.budget, task, missed, "missed").inc(n)
 
     def batch_done(
         self,

@@ -71,8 +71,8 @@ class Attainment:
     def __post_init__(self) -> None:
         self._met, self._missed = EventRate(self.tau_s), EventRate(self.tau_s)
 
-    def record(self, met: bool, now: float | None = None) -> None:
-        (self._met if met else self._missed).add(1, now)
+    def record(self, met: bool, now: float | None = None, n: int = 1) -> None:
+        (self._met if met else self._missed).add(n, now)
 
     def missed_share(self, now: float | None = None) -> float:
         """The share of recent latency budgets missed (0 with too few to tell)."""

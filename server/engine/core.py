@@ -1,12 +1,14 @@
-"""The one request path both front ends (``/infer`` and the Open Inference Protocol) go
-through: select a level for the budget, queue, await the batch, account for it."""
+"""The engine's request path, whichever front end or protocol sent the request: admit,
+select a level for the budget, queue, await the batch, account for it. Also the dry run
+(``plan``), the checkpoint summary and exports: everything that needs the weights or the
+queues lives here, behind :mod:`server.engine.client`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,19 +17,29 @@ from model_store.checkpoint import Checkpoint
 from model_store.costs import unit_param_bytes
 from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
-from server.budget import Budget
+from server.budget import Budget, parse_budget
+from server.engine.archive import build_archive
 from server.engine.batching import Batcher
 from server.engine.capacity import SHED_FACTOR, EventRate, backlog_seconds
 from server.engine.executor import Executor
 from server.engine.forecast import Forecaster
 from server.engine.outcome import Answer, ClientDisconnected, Handling, Ticket, outcome_of
-from server.engine.pending import BatchEvent, BatchResult, Pending
-from server.engine.profile import LatencyProfile
-from server.engine.selection import OnMiss, Selection, select_level
+from server.engine.pending import BatchEvent, Pending
+from server.engine.profile import LatencyProfile, predict_latency
+from server.engine.selection import (
+    OnMiss,
+    Selection,
+    fits_latency,
+    fits_memory,
+    select_level,
+)
+from server.engine.wire import Infer
 from server.errors import (
+    BacklogShed,
     BudgetUnsatisfiable,
     DeadlineExceeded,
     DeadlineUnmeetable,
+    InvalidInput,
     InvalidParameter,
     NotReady,
     ServeError,
@@ -38,7 +50,25 @@ from server.metrics import Metrics
 from server.settings import Settings
 
 
-class InferenceService:
+def shed_for(budget: Budget | None, serving: int, backlog_s: float) -> BacklogShed | None:
+    """The refusal of a request whose latency budget is under 1 / ``SHED_FACTOR`` of the
+    time the ``serving`` requests in flight are expected to take to get through: it would
+    only wait out its deadline, and its work would slow the others. None: admit it."""
+    if budget is None or budget.latency_s is None or backlog_s <= SHED_FACTOR * budget.latency_s:
+        return None
+    return BacklogShed(
+        f"the {serving} requests in flight are expected to take {backlog_s * 1e3:.1f} ms to "
+        f"get through, over {SHED_FACTOR:g} times this request's latency budget of "
+        f"{budget.latency_s * 1e3:g} ms; retry after Retry-After, raise the budget, or send "
+        "to another replica",
+        retry_after_s=backlog_s,
+    )
+
+
+class Engine:
+    """Selection, admission, queues and accounting of every inference request, over the
+    batcher and executor; the one request path whichever front end sent the request."""
+
     def __init__(
         self,
         checkpoint: Checkpoint,
@@ -70,6 +100,7 @@ class InferenceService:
         self.served = EventRate()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._waiting: dict[Hashable, Pending] = {}  # by key, for cancel()
         self.batcher = Batcher(
             executor,
             profile,
@@ -146,16 +177,15 @@ class InferenceService:
         when ``max_inflight`` requests are already being handled.
 
         Raises:
-            NotReady: the server is draining.
+            NotReady: the engine is draining.
             ServerBusy: ``max_inflight`` requests in flight.
         """
         if self.draining:
             raise NotReady("the server is shutting down; retry on another replica", retry_after_s=1)
         limit = self.settings.max_inflight
         if self.inflight >= limit:
-            # Before the body is read: a request past the bound costs no memory for it.
             raise ServerBusy(
-                f"the server is already handling {self.inflight} inference requests, its "
+                f"the engine is already handling {self.inflight} inference requests, its "
                 f"limit (DVN_MAX_INFLIGHT={limit}); retry after Retry-After, or on another "
                 "replica",
                 retry_after_s=1,
@@ -178,37 +208,53 @@ class InferenceService:
             if self.inflight == 0:
                 self._idle.set()
 
+    def backlog_s(self) -> float:
+        """How long the requests in flight are expected to take to get through (in flight /
+        finished per second, Little's law)."""
+        return backlog_seconds(self.serving, self.served, self.settings.max_batch_size)
+
     def check_backlog(self, budget: Budget | None, ticket: Ticket) -> None:
-        """Refuse, before its body is read, a request whose latency budget is under
-        1 / ``SHED_FACTOR`` of the time the requests already in flight are expected to take
-        to get through (in flight / finished per second, Little's law): it would only wait
-        out its deadline, and its work would slow the others. Otherwise count it in.
+        """Refuse a request whose latency budget the backlog alone would outlast
+        (:func:`shed_for`); otherwise count it in.
 
         Raises:
             ServerBusy: the backlog alone is expected to outlast the budget.
         """
-        if budget is not None and budget.latency_s is not None:
-            backlog_s = backlog_seconds(self.serving, self.served, self.settings.max_batch_size)
-            if backlog_s > SHED_FACTOR * budget.latency_s:
-                self.forecast.attainment.record(False)
-                raise ServerBusy(
-                    f"the {self.serving} requests in flight are expected to take "
-                    f"{backlog_s * 1e3:.1f} ms to get through, over {SHED_FACTOR:g} times this "
-                    f"request's latency budget of {budget.latency_s * 1e3:g} ms; retry after "
-                    "Retry-After, raise the budget, or send to another replica",
-                    retry_after_s=backlog_s,
-                )
+        refusal = shed_for(budget, self.serving, self.backlog_s())
+        if refusal is not None:
+            self.forecast.attainment.record(False)
+            raise refusal
         ticket.serving = True
         self.serving += 1
 
-    @contextlib.contextmanager
-    def handling(self, task: str, log: dict[str, Any]) -> Iterator[Handling]:
-        """Admit a request (see :meth:`admitted`) and, however it ends, count it in the
-        metrics and note its outcome in ``log`` (the access line): the one accounting path
-        of every front end. Exceptions pass through.
+    def check_inputs(self, task: TaskEntry, inputs: np.ndarray) -> None:
+        """The front end decoded and checked the inputs; a frame from elsewhere is checked
+        again here, so that no request can fail a batch it shares with others.
 
         Raises:
-            NotReady: the server is draining.
+            InvalidInput: not (B, C, H, W) float32 of the task's shape, or too many examples.
+        """
+        shape = tuple(self.spec(task.name).input_shape)
+        limit = self.settings.max_request_batch
+        if inputs.ndim != 4 or tuple(inputs.shape[1:]) != shape or inputs.dtype != np.float32:
+            raise InvalidInput(
+                f"inputs of shape {tuple(inputs.shape)} {inputs.dtype} do not match task "
+                f"{task.name!r}: send (B, {', '.join(map(str, shape))}) float32"
+            )
+        if not 1 <= inputs.shape[0] <= limit:
+            raise InvalidInput(
+                f"{inputs.shape[0]} examples in one request; send 1..{limit} "
+                "(DVN_MAX_REQUEST_BATCH)"
+            )
+
+    @contextlib.contextmanager
+    def handling(self, task: str) -> Iterator[Handling]:
+        """Admit a request (see :meth:`admitted`) and, however it ends, count it in the
+        metrics: the one accounting path of every request the engine receives. Exceptions
+        pass through.
+
+        Raises:
+            NotReady: the engine is draining.
             ServerBusy: ``max_inflight`` requests in flight.
         """
         handling: Handling | None = None
@@ -218,24 +264,13 @@ class InferenceService:
                 yield handling
         except ServeError as e:
             self.account(task, None, e, handling.examples if handling is not None else 0)
-            log.update(outcome=e.type)
             raise
         except ClientDisconnected:
             self.account_cancelled(task)
-            log.update(outcome="client_disconnected")
-            raise
-        except asyncio.CancelledError:
-            log.update(outcome="client_disconnected")
             raise
         answer = handling.answer if handling is not None else None
         if answer is not None:
             self.account(task, answer, None, handling.examples)
-            log.update(
-                level=answer.level,
-                outcome="ok",
-                selection=answer.reason,
-                budget_met=answer.budget_met,
-            )
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False on timeout."""
@@ -245,7 +280,50 @@ class InferenceService:
             return False
         return True
 
-    async def infer(
+    async def infer(self, request: Infer, inputs: np.ndarray, *, key: Hashable) -> Answer:
+        """Answer ``inputs`` (B, C, H, W) for ``request``: admitted, checked, selected,
+        queued, computed and accounted. ``key`` names the request for :meth:`cancel`.
+
+        Raises:
+            ServeError: every failure, typed.
+            ClientDisconnected: :meth:`cancel` dropped it while it waited.
+        """
+        arrival = time.perf_counter() - max(0.0, request.elapsed_s)
+        with self.handling(request.task) as handling:
+            entry = self.task(request.task)
+            budget = parse_budget(request.budget)
+            if request.on_miss not in ("degrade", "reject"):
+                raise InvalidParameter(
+                    f"on_miss={request.on_miss!r} is not one of: degrade, reject"
+                )
+            self.check_level(entry, request.level)
+            self.check_backlog(budget, handling.ticket)
+            self.check_inputs(entry, inputs)
+            handling.examples = int(inputs.shape[0])
+            handling.answer = await self._infer(
+                entry,
+                inputs,
+                budget=budget,
+                level=request.level,
+                on_miss="reject" if request.on_miss == "reject" else "degrade",
+                arrival=arrival,
+                ticket=handling.ticket,
+                key=key,
+            )
+            return handling.answer
+        raise AssertionError("unreachable")  # pragma: no cover (mypy: the with may swallow)
+
+    def cancel(self, key: Hashable) -> bool:
+        """Drop request ``key`` uncomputed if it still waits in a queue: its client went
+        away. False when it is not waiting (answered, or never seen)."""
+        pending = self._waiting.get(key)
+        if pending is None or pending.future.done():
+            return False
+        pending.abandoned = True  # the batcher drops it uncomputed
+        pending.future.cancel()
+        return True
+
+    async def _infer(
         self,
         task: TaskEntry,
         inputs: np.ndarray,
@@ -255,14 +333,8 @@ class InferenceService:
         on_miss: OnMiss,
         arrival: float,
         ticket: Ticket,
-        disconnected: Callable[[], Awaitable[None]] | None = None,
+        key: Hashable,
     ) -> Answer:
-        """Answer ``inputs`` (B, C, H, W) for ``task`` within ``budget``, inside
-        :meth:`admitted`; :meth:`account` counts the result.
-
-        Raises:
-            ServeError: every failure, typed.
-        """
         examples = int(inputs.shape[0])
         self.forecast.arrivals.add(examples)
         selection = self.select(task, examples, budget, level, on_miss)
@@ -287,13 +359,20 @@ class InferenceService:
             task=task.name, level=selection.level, depth=self.batcher.depth(pending.key)
         )
         selected = (task.name, selection.level)  # errors go to the level selected, not moved to
+        self._waiting[key] = pending
         try:
-            result = await self._wait(pending, disconnected)
+            result = await pending.future
         except DeadlineExceeded:
             if budget is not None and budget.latency_s is not None:
                 margin_s = budget.latency_s - selection.predicted_latency_s
                 self.forecast.timed_out(selected, margin_s)
             raise
+        except asyncio.CancelledError:
+            if pending.abandoned:
+                raise ClientDisconnected("client disconnected") from None
+            raise
+        finally:
+            self._waiting.pop(key, None)
         self.metrics.waited(task=task.name, level=result.level, seconds=result.queue_wait_s)
         now = time.perf_counter()
         measured = now - arrival
@@ -325,31 +404,92 @@ class InferenceService:
             compute_s=result.compute_s,
         )
 
-    async def _wait(
-        self, pending: Pending, disconnected: Callable[[], Awaitable[None]] | None
-    ) -> BatchResult:
-        if disconnected is None:
-            return await pending.future
-        watcher: asyncio.Future[None] = asyncio.ensure_future(disconnected())
+    # -- dry runs and exports ------------------------------------------------------------
+    async def archive(self, task: str, level: int) -> bytes:
+        """One level as a standalone checkpoint archive (built once, then cached).
 
-        def gone(_: asyncio.Future[None]) -> None:
-            if watcher.cancelled():
-                return
-            watcher.exception()  # retrieved: a failed receive() means the client is gone too
-            if not pending.future.done():
-                pending.abandoned = True  # the batcher drops it uncomputed
-                pending.future.cancel()
+        Raises:
+            UnknownTask, InvalidParameter: no such task or level.
+        """
+        entry = self.task(task)
+        self.check_level(entry, level)
+        key = (entry.name, level)
+        data = self.archives.get(key)
+        if data is None:
+            data = await asyncio.to_thread(build_archive, self.checkpoint, entry.name, level)
+            self.archives[key] = data
+        return data
 
-        # A callback, not asyncio.wait over both: no extra future and set per request.
-        watcher.add_done_callback(gone)
+    def plan(
+        self, task: str, budget_spec: str | None, on_miss: OnMiss, examples: int
+    ) -> dict[str, Any]:
+        """``GET /plan/{task}``: the level a request would get now, and every level's cost."""
+        entry = self.task(task)
+        parsed = parse_budget(budget_spec)
+        options = self.forecast.options(entry, examples, parsed)
+        chosen: dict[str, Any] = {
+            "level": None,
+            "selection": None,
+            "budget_met": None,
+            "error": None,
+        }
         try:
-            return await pending.future
-        except asyncio.CancelledError:
-            if pending.abandoned:
-                raise ClientDisconnected("client disconnected") from None
-            raise
-        finally:
-            watcher.cancel()
+            sel = select_level(entry.name, options, parsed, on_miss=on_miss)
+            met = None
+            if parsed is not None:
+                option = next(o for o in options if o.level == sel.level)
+                met = fits_memory(option, parsed) and fits_latency(option, parsed)
+            chosen = {"level": sel.level, "selection": sel.reason, "budget_met": met, "error": None}
+        except ServeError as e:
+            chosen["error"] = e.body()["error"]
+        levels = []
+        state = self.forecast.queue_state()
+        for lv, option in zip(entry.levels, options, strict=True):
+            # What runs before this level's forward: the running batch and every backlog.
+            wait_s = predict_latency(
+                self.profile, state, (entry.name, lv.level), 0, self.settings.max_batch_size
+            )
+            levels.append(
+                {
+                    "level": lv.level,
+                    "units": lv.units,
+                    "params": lv.params,
+                    "param_bytes": lv.param_bytes,
+                    "flops": lv.flops,
+                    "accuracy": None if lv.accuracy is None else lv.accuracy.value,
+                    "predicted_latency_ms": round(option.predicted_latency_s * 1e3, 3),
+                    "queue_wait_ms": round(wait_s * 1e3, 3),
+                    "queue_depth": self.batcher.depth((entry.name, lv.level)),
+                    "fits_memory": fits_memory(option, parsed),
+                    "fits_latency": fits_latency(option, parsed),
+                }
+            )
+        return {
+            "task": entry.name,
+            "budget": None if parsed is None else parsed.to_dict(),
+            **chosen,
+            "levels": levels,
+        }
+
+    def export_level(self, task: str, budget_spec: str | None) -> int:
+        """The largest level of ``task`` whose parameters fit a memory budget.
+
+        Raises:
+            InvalidParameter: no budget, or not a memory budget alone.
+            BudgetUnsatisfiable: below the smallest level.
+        """
+        entry = self.task(task)
+        parsed = parse_budget(budget_spec)
+        if parsed is None or parsed.memory_bytes is None or parsed.latency_s is not None:
+            raise InvalidParameter(
+                "export takes a memory budget only, e.g. ?budget=2MiB (or use "
+                f"/v1/models/{task}/levels/{{level}}/export)"
+            )
+        options = self.forecast.options(entry, 1)
+        by_memory = [o for o in options if fits_memory(o, parsed)]
+        if not by_memory:
+            select_level(entry.name, options, parsed)  # raises BudgetUnsatisfiable
+        return max(o.level for o in by_memory)
 
     # -- accounting --------------------------------------------------------------------
     def account(
@@ -379,6 +519,16 @@ class InferenceService:
             elif isinstance(error, BudgetUnsatisfiable):
                 missed = "memory"
             self.metrics.refused(task=label, level=None, outcome=outcome_of(error), missed=missed)
+
+    def count_refused(
+        self, task: str, outcome: str, missed: str | None, n: int = 1, shed: bool = False
+    ) -> None:
+        """Count ``n`` requests a front end refused before they reached the engine;
+        ``shed``: refused for the backlog (:func:`shed_for`), a latency budget missed."""
+        if shed:
+            self.forecast.attainment.record(False, n=n)
+        label = task if task in self.tasks else "unknown"
+        self.metrics.refused(task=label, level=None, outcome=outcome, missed=missed, n=n)
 
     def account_cancelled(self, task: str) -> None:
         """Count a request whose client went away before its answer."""

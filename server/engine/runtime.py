@@ -1,5 +1,5 @@
-"""What one app instance holds while it runs: settings, metrics, the loaded checkpoint and
-the inference service once warmed up. Built in the lifespan; nothing global."""
+"""What one engine holds while it runs: settings, metrics, the loaded checkpoint and the
+engine once warmed up; its start (load, warm-up) and its drain. Nothing global."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from fastapi import Request
 
 from model_store.checkpoint import Checkpoint, load
-from server.engine.core import InferenceService
+from server.engine.core import Engine
 from server.engine.executor import Executor, ForwardFn, model_forward
 from server.engine.profile import LatencyProfile, profile_batch_sizes
 from server.errors import NotReady
@@ -55,11 +55,12 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     checkpoint: Checkpoint | None = None
     forward_wrapper: ForwardWrapper | None = None
-    service: InferenceService | None = None
+    service: Engine | None = None
     ready: bool = False
     warmup: asyncio.Task[None] | None = None
     lag_watch: asyncio.Task[None] | None = None
     failed: str | None = None  # why warm-up failed; the server then never turns ready
+    started: float = field(default_factory=time.time)  # tells a restarted engine apart
 
     async def start(self) -> None:
         """Load the checkpoint (unless given), build the service, start warm-up."""
@@ -76,9 +77,7 @@ class Runtime:
         if self.forward_wrapper is not None:
             forward = self.forward_wrapper(forward)
         executor = Executor(forward)
-        self.service = InferenceService(
-            self.checkpoint, s, executor, LatencyProfile(), self.metrics
-        )
+        self.service = Engine(self.checkpoint, s, executor, LatencyProfile(), self.metrics)
         m = self.checkpoint.manifest
         self.metrics.describe_model(
             name=m.name,
@@ -204,20 +203,16 @@ def default_torch_threads(device: torch.device) -> int | None:
     return max(1, (cores or 1) - 1)
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def ready_service(request: Request) -> InferenceService:
-    """The service, or 503 before warm-up finishes and while draining."""
-    runtime = get_runtime(request)
-    if runtime.service is not None and runtime.service.draining:
-        raise NotReady("the server is shutting down; retry on another replica", retry_after_s=1)
-    if runtime.failed is not None:
-        raise NotReady(f"warm-up failed ({runtime.failed}); see the server log", retry_after_s=1)
-    if not runtime.ready or runtime.service is None:
-        raise NotReady(
-            "the server is warming up (profiling every level); retry shortly", retry_after_s=1
-        )
-    return runtime.service
+def engine_status(runtime: Runtime) -> dict[str, Any]:
+    """What a front end needs to know of the engine: ready, why not, and who it is."""
+    service = runtime.service
+    return {
+        "ready": runtime.ready and service is not None and not service.draining,
+        "loaded": service is not None,
+        "draining": service is not None and service.draining,
+        "failed": runtime.failed,
+        "pid": os.getpid(),
+        "serving": 0 if service is None else service.serving,
+        "backlog_s": 0.0 if service is None else service.backlog_s(),
+        "started": runtime.started,
+    }

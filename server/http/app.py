@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -12,24 +13,26 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_store.checkpoint import Checkpoint
-from server.engine.runtime import ForwardWrapper, Runtime, get_runtime
+from server.engine.client import EngineClient, InprocClient
+from server.engine.runtime import ForwardWrapper, Runtime
 from server.errors import (
     InvalidParameter,
     MethodNotAllowed,
     NotFound,
-    NotReady,
     PayloadTooLarge,
     ServeError,
 )
 from server.http.auth import check_key
+from server.http.frontend import FrontEnd
 from server.http.oip import health_router as oip_health_router
 from server.http.oip import protocol_error_shape
 from server.http.oip import router as oip_router
+from server.http.pipeline import frontend
 from server.http.protocol import Status
 from server.http.routes import ERRORS
 from server.http.routes import infer as infer_endpoint
@@ -208,16 +211,8 @@ def ops_router(settings: Settings) -> APIRouter:
         dependencies=guard(settings.protect_health),
     )
     async def readyz(request: Request) -> dict[str, str]:
-        """Ready: the model is loaded and warmed up, and the server is not draining."""
-        runtime = get_runtime(request)
-        if runtime.service is not None and runtime.service.draining:
-            raise NotReady("the server is draining", retry_after_s=1)
-        if runtime.failed is not None:
-            raise NotReady(
-                f"warm-up failed ({runtime.failed}); see the server log", retry_after_s=1
-            )
-        if not runtime.ready:
-            raise NotReady("the server is warming up", retry_after_s=1)
+        """Ready: the engine is up, loaded and warmed up, and nothing is draining."""
+        frontend(request).check_ready(probe=True)
         return {"status": "ready"}
 
     @router.get(
@@ -227,12 +222,28 @@ def ops_router(settings: Settings) -> APIRouter:
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics of this instance."""
-        return Response(
-            generate_latest(get_runtime(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
-        )
+        """Prometheus metrics: the engine's and the front ends'."""
+        fe = frontend(request)
+        engine = b""
+        up = fe.client.status().up
+        if up:
+            try:
+                engine = await fe.client.call("metrics")
+            except ServeError:
+                up = False
+        return Response(engine + fe.metrics.text(up), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+async def drain_frontend(fe: FrontEnd, timeout: float) -> bool:
+    """Refuse new requests (503) and wait, at most ``timeout`` seconds, until every request
+    this front end accepted has its answer. False on timeout."""
+    fe.draining = True
+    deadline = time.monotonic() + timeout
+    while fe.inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return fe.inflight == 0
 
 
 def create_app(
@@ -240,22 +251,32 @@ def create_app(
     *,
     checkpoint: Checkpoint | None = None,
     forward_wrapper: ForwardWrapper | None = None,
+    engine: EngineClient | None = None,
 ) -> FastAPI:
-    """Build the app. The checkpoint loads in the lifespan (unless given, already loaded);
-    warm-up runs in the background and ``/readyz`` turns 200 when it is done.
+    """Build a front end. Without ``engine``, the engine runs in this process
+    (:class:`~server.engine.client.InprocClient`): the checkpoint loads in the lifespan
+    (unless given, already loaded), warm-up runs in the background and ``/readyz`` turns
+    200 when it is done. With ``engine`` (an :class:`~server.engine.client.MPClient`), the
+    engine is another process.
 
-    ``forward_wrapper`` wraps the executor's forward (tests inject faults with it)."""
+    ``forward_wrapper`` wraps the in-process engine's forward (tests inject faults with it)."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json)
-    runtime = Runtime(settings=settings, checkpoint=checkpoint, forward_wrapper=forward_wrapper)
+    runtime: Runtime | None = None
+    if engine is None:
+        runtime = Runtime(settings=settings, checkpoint=checkpoint, forward_wrapper=forward_wrapper)
+        engine = InprocClient(runtime)
+    fe = FrontEnd(settings, engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
+        await fe.client.start()
         try:
             yield
         finally:
-            await runtime.stop()
+            if runtime is None:  # the engine process drains itself
+                await drain_frontend(fe, settings.drain_timeout_s)
+            await fe.client.close()
 
     app = FastAPI(
         title="dvn-serve",
@@ -263,7 +284,8 @@ def create_app(
         summary="Every task of a deep virtual network at the level each request's budget allows.",
         lifespan=lifespan,
     )
-    app.state.runtime = runtime
+    app.state.frontend = fe
+    app.state.runtime = runtime  # the in-process engine's, for tests and debugging
     install_error_handlers(app)
     protocol_error_shape(app)  # errors under /v2 in the protocol's {"error": "..."} shape
 

@@ -1,6 +1,6 @@
 """The KServe Open Inference Protocol v2 over REST (docs/oip.md): a second front end on the
-one request path of :class:`~server.engine.core.InferenceService`, so batching, level selection
-and metrics are shared with ``/infer``.
+one request path of :mod:`server.http.pipeline`, so batching, level selection and metrics
+are shared with ``/infer``.
 
 Two routers: :data:`router` (server and model metadata, model readiness, inference: behind
 the API key when keys are on) and :data:`health_router` (``/v2/health/live`` and
@@ -18,7 +18,6 @@ import functools
 import importlib.metadata
 import inspect
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,12 +26,11 @@ from fastapi.responses import JSONResponse, Response
 
 from model_store.manifest import TaskEntry
 from server.budget import parse_budget
-from server.engine.core import InferenceService
 from server.engine.outcome import ClientDisconnected
-from server.engine.runtime import get_runtime, ready_service
-from server.errors import ALL_ERRORS, InvalidInput, NotFound, NotReady, ServeError
+from server.errors import ALL_ERRORS, InvalidInput, InvalidParameter, NotFound, ServeError
 from server.http.decode import check_array
 from server.http.encode import infer_headers
+from server.http.frontend import FrontEnd
 from server.http.oip_codec import (
     dvn_parameters,
     inference_response,
@@ -55,7 +53,8 @@ from server.http.oip_protocol import (
     ServerMetadata,
     ServerReady,
 )
-from server.http.routes import read_body, wait_disconnect
+from server.http.pipeline import Parsed, frontend, read_body
+from server.http.pipeline import infer as run_inference
 
 SERVER_NAME = "dvn-serve"
 ERROR_TYPE_HEADER = "X-DVN-Error-Type"
@@ -166,7 +165,7 @@ async def oip_server_ready(request: Request) -> Response:
     """Ready: every model (task) is loaded and warmed up, and the server is not draining;
     else 503 with ``Retry-After``."""
     try:
-        ready_service(request)
+        frontend(request).check_ready()
     except ServeError as e:
         return oip_error_response(e)
     return JSONResponse({"ready": True})
@@ -179,22 +178,15 @@ async def oip_server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
 
 
-def loaded_service(request: Request) -> InferenceService:
-    """The service once the checkpoint is loaded (metadata needs no warm-up)."""
-    service = get_runtime(request).service
-    if service is None:
-        raise NotReady("the server is loading the checkpoint; retry shortly", retry_after_s=1)
-    return service
-
-
-def find_model(service: InferenceService, task: str, version: str | None) -> TaskEntry:
+def find_model(fe: FrontEnd, task: str, version: str | None) -> TaskEntry:
     """The task named ``task`` at ``version`` (any version when ``None``).
 
     Raises:
+        NotReady: the checkpoint is not loaded yet.
         UnknownTask, NotFound: no such model, or not at that version.
     """
-    entry = service.task(task)
-    served = service.manifest.version
+    entry = fe.task(task)
+    served = fe.client.manifest.version
     if version is not None and version != served:
         raise NotFound(
             f"model {task!r} has no version {version!r}; this server serves version "
@@ -204,12 +196,12 @@ def find_model(service: InferenceService, task: str, version: str | None) -> Tas
 
 
 def _metadata(request: Request, task: str, version: str | None) -> Response:
+    fe = frontend(request)
     try:
-        service = loaded_service(request)
-        entry = find_model(service, task, version)
+        entry = find_model(fe, task, version)
     except ServeError as e:
         return oip_error_response(e)
-    return JSONResponse(model_metadata(entry, service.manifest))
+    return JSONResponse(model_metadata(entry, fe.client.manifest))
 
 
 @router.get("/v2/models/{task}", response_model=ModelMetadata, responses=METADATA_ERRORS)
@@ -229,9 +221,10 @@ async def oip_model_version_metadata(task: str, version: str, request: Request) 
 
 
 def _model_ready(request: Request, task: str, version: str | None) -> Response:
+    fe = frontend(request)
     try:
-        find_model(loaded_service(request), task, version)
-        ready_service(request)
+        find_model(fe, task, version)
+        fe.check_ready()
     except ServeError as e:
         return oip_error_response(e)
     return JSONResponse({"name": task, "ready": True})
@@ -255,54 +248,46 @@ async def oip_model_version_ready(task: str, version: str, request: Request) -> 
 
 # -- inference -------------------------------------------------------------------------------
 async def _infer(request: Request, task: str, version: str | None) -> Response:
-    """The v1 ``/infer`` path with the protocol's body: admitted, task, budget, level,
-    tensor checks, one queued request, accounted in the same metrics."""
-    arrival = request.scope.get("state", {}).get("arrival", time.perf_counter())
+    """The one request path (:func:`server.http.pipeline.infer`) with the protocol's body."""
     log: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
     log.update(task=task, protocol="v2")
-    try:
-        service = ready_service(request)
-    except ServeError as e:
-        log.update(outcome=e.type)
-        return oip_error_response(e)
-    settings = service.settings
     request_id: str | None = None
     names: list[str] = []
-    try:
-        with service.handling(task, log) as handling:
-            entry = find_model(service, task, version)
-            if "inference-header-content-length" in request.headers:
-                raise InvalidInput(BINARY_UNSUPPORTED)
-            body = await read_body(request, settings.max_body_bytes)
-            infer_request = parse_request(body)
-            request_id = infer_request.id
-            params = dvn_parameters(infer_request.parameters)
-            log.update(budget=params.budget)
-            budget = parse_budget(params.budget)
-            service.check_level(entry, params.level)
-            service.check_backlog(budget, handling.ticket)  # after the body: it holds the budget
-            names = requested_outputs(infer_request, task)
-            spec = service.spec(task)
-            array, pixels = input_array(infer_request, task)
-            inputs = check_array(array, spec, max_examples=settings.max_request_batch)
-            handling.examples = inputs.examples
-            answer = handling.answer = await service.infer(
-                entry,
-                normalise_pixels(inputs.array, spec) if pixels else inputs.array,
-                budget=budget,
-                level=params.level,
-                on_miss=params.on_miss,
-                arrival=arrival,
-                ticket=handling.ticket,
-                disconnected=lambda: wait_disconnect(request),
+
+    async def read(entry: TaskEntry, fe: FrontEnd) -> Parsed:
+        nonlocal request_id, names
+        find_model(fe, task, version)
+        if "inference-header-content-length" in request.headers:
+            raise InvalidInput(BINARY_UNSUPPORTED)
+        settings = fe.settings
+        body = await read_body(request, settings.max_body_bytes)
+        infer_request = parse_request(body)
+        request_id = infer_request.id
+        params = dvn_parameters(infer_request.parameters)
+        log.update(budget=params.budget)
+        budget = parse_budget(params.budget)
+        fe.client.admit(budget)
+        if params.level is not None and not 1 <= params.level <= len(entry.levels):
+            raise InvalidParameter(
+                f"level {params.level} is out of range for task {entry.name!r}: use "
+                f"1..{len(entry.levels)}"
             )
+        names = requested_outputs(infer_request, task)
+        spec = fe.spec(task)
+        array, pixels = input_array(infer_request, task)
+        inputs = check_array(array, spec, max_examples=settings.max_request_batch)
+        array = normalise_pixels(inputs.array, spec) if pixels else inputs.array
+        return Parsed(params.budget, budget, params.level, params.on_miss, array)
+
+    try:
+        answer = await run_inference(request, task, read)
     except ServeError as e:
         return oip_error_response(e)
     except ClientDisconnected:
         # As /infer: routine (a client timeout), answered with nginx's 499, which nobody
         # reads, rather than re-raised and logged by uvicorn as an error.
         return Response(status_code=499)
-    doc = inference_response(answer, service.manifest.version, request_id, names)
+    doc = inference_response(answer, frontend(request).client.manifest.version, request_id, names)
     return JSONResponse(doc, headers=infer_headers(answer))
 
 

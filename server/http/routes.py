@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import time
+import hashlib
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from server.budget import Budget, parse_budget
-from server.engine.archive import archive_for
-from server.engine.core import InferenceService
+from model_store.manifest import TaskEntry
+from server.budget import parse_budget
 from server.engine.outcome import ClientDisconnected
-from server.engine.profile import predict_latency
-from server.engine.runtime import ready_service
-from server.engine.selection import fits_latency, fits_memory, select_level
-from server.errors import ALL_ERRORS, InvalidParameter, PayloadTooLarge, ServeError
+from server.errors import ALL_ERRORS, InvalidParameter
 from server.http.decode import decode
 from server.http.encode import infer_body, infer_headers
+from server.http.frontend import FrontEnd
 from server.http.params import (
     BUDGET_DOC,
     INFER_QUERY_DOC,
@@ -25,15 +22,19 @@ from server.http.params import (
     ON_MISS_DOC,
     parse_infer_query,
 )
+from server.http.pipeline import Parsed, frontend, read_body
+from server.http.pipeline import infer as run_inference
 from server.http.protocol import ErrorBody, InferResponse, ModelsResponse, PlanResponse
 
 
-async def service_dependency(request: Request) -> InferenceService:
-    # async: FastAPI runs a plain-def dependency in a worker thread, a thread hop per request
-    return ready_service(request)
+async def ready_frontend(request: Request) -> FrontEnd:
+    """The front end, or 503 before the engine is ready and while draining."""
+    fe = frontend(request)
+    fe.check_ready()
+    return fe
 
 
-ServiceDep = Annotated[InferenceService, Depends(service_dependency)]
+FrontEndDep = Annotated[FrontEnd, Depends(ready_frontend)]
 BudgetQuery = Annotated[str | None, Query(description=BUDGET_DOC, max_length=MAX_BUDGET_CHARS)]
 OnMissQuery = Annotated[Literal["degrade", "reject"], Query(description=ON_MISS_DOC)]
 
@@ -66,35 +67,6 @@ INFER_BODY = {
 router = APIRouter()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"body of {declared} bytes is over the {limit}-byte limit; send fewer examples per "
-            "request (or raise DVN_MAX_BODY_BYTES)"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"body is over the {limit}-byte limit; send fewer examples per request "
-                "(or raise DVN_MAX_BODY_BYTES)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def wait_disconnect(request: Request) -> None:
-    """Returns when the client goes away (the body has been read by then)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 @router.post(
     "/infer/{task}",
     summary="Classify one example or a batch at the level the budget allows",
@@ -104,45 +76,43 @@ async def wait_disconnect(request: Request) -> None:
     tags=["inference"],
 )
 async def infer(task: str, request: Request) -> Response:
-    # The service and the query are looked up by hand, not by FastAPI's dependency
-    # solver: this is the hot path (server/params.py).
-    service = ready_service(request)
-    arrival = request.scope.get("state", {}).get("arrival", time.perf_counter())
-    log: dict[str, Any] = request.scope.setdefault("state", {}).setdefault("log", {})
+    # The query is read by hand, not by FastAPI's dependency solver: this is the hot path
+    # (server/http/params.py).
+    query = None
+
+    async def read(entry: TaskEntry, fe: FrontEnd) -> Parsed:
+        nonlocal query
+        query = parse_infer_query(request.query_params)
+        parsed = parse_budget(query.budget)
+        fe.client.admit(parsed)  # before the body is read: a refusal costs no body
+        if query.level is not None and not 1 <= query.level <= len(entry.levels):
+            raise InvalidParameter(
+                f"level {query.level} is out of range for task {entry.name!r}: use "
+                f"1..{len(entry.levels)}"
+            )
+        settings = fe.settings
+        body = await read_body(request, settings.max_body_bytes)
+        inputs = decode(
+            body,
+            request.headers.get("content-type"),
+            fe.spec(entry.name),
+            max_examples=settings.max_request_batch,
+            max_image_pixels=settings.max_image_pixels,
+        )
+        return Parsed(query.budget, parsed, query.level, query.on_miss, inputs.array)
+
+    log = request.scope.setdefault("state", {}).setdefault("log", {})
     log.update(task=task, budget=request.query_params.get("budget"))
-    settings = service.settings
     try:
-        with service.handling(task, log) as handling:
-            query = parse_infer_query(request.query_params)
-            entry = service.task(task)
-            parsed = parse_budget(query.budget)
-            service.check_level(entry, query.level)
-            service.check_backlog(parsed, handling.ticket)
-            body = await read_body(request, settings.max_body_bytes)
-            inputs = decode(
-                body,
-                request.headers.get("content-type"),
-                service.spec(task),
-                max_examples=settings.max_request_batch,
-                max_image_pixels=settings.max_image_pixels,
-            )
-            handling.examples = inputs.examples
-            answer = handling.answer = await service.infer(
-                entry,
-                inputs.array,
-                budget=parsed,
-                level=query.level,
-                on_miss=query.on_miss,
-                arrival=arrival,
-                ticket=handling.ticket,
-                disconnected=lambda: wait_disconnect(request),
-            )
+        answer = await run_inference(request, task, read)
     except ClientDisconnected:
         # Routine (a client timeout): answered with nginx's 499, which nobody reads, instead
         # of re-raised, which uvicorn logs as an error with a traceback.
         return Response(status_code=499)
+    assert query is not None
+    fe = frontend(request)
     body_doc = infer_body(
-        answer, service.manifest, request.scope["state"]["request_id"], query.top_k
+        answer, fe.client.manifest, request.scope["state"]["request_id"], query.top_k
     )
     return JSONResponse(body_doc, headers=infer_headers(answer))
 
@@ -156,52 +126,17 @@ async def infer(task: str, request: Request) -> Response:
 )
 async def plan(
     task: str,
-    service: ServiceDep,
+    fe: FrontEndDep,
     budget: BudgetQuery = None,
     on_miss: OnMissQuery = "degrade",
     examples: Annotated[int, Query(ge=1, le=4096, description="Examples in the request.")] = 1,
 ) -> dict[str, Any]:
-    entry = service.task(task)
-    parsed: Budget | None = parse_budget(budget)
-    options = service.forecast.options(entry, examples, parsed)
-    chosen: dict[str, Any] = {"level": None, "selection": None, "budget_met": None, "error": None}
-    try:
-        sel = select_level(entry.name, options, parsed, on_miss=on_miss)
-        met = None
-        if parsed is not None:
-            option = next(o for o in options if o.level == sel.level)
-            met = fits_memory(option, parsed) and fits_latency(option, parsed)
-        chosen = {"level": sel.level, "selection": sel.reason, "budget_met": met, "error": None}
-    except ServeError as e:
-        chosen["error"] = e.body()["error"]
-    levels = []
-    state = service.forecast.queue_state()
-    for lv, option in zip(entry.levels, options, strict=True):
-        # What runs before this level's forward: the running batch and every backlog.
-        wait_s = predict_latency(
-            service.profile, state, (entry.name, lv.level), 0, service.settings.max_batch_size
-        )
-        levels.append(
-            {
-                "level": lv.level,
-                "units": lv.units,
-                "params": lv.params,
-                "param_bytes": lv.param_bytes,
-                "flops": lv.flops,
-                "accuracy": None if lv.accuracy is None else lv.accuracy.value,
-                "predicted_latency_ms": round(option.predicted_latency_s * 1e3, 3),
-                "queue_wait_ms": round(wait_s * 1e3, 3),
-                "queue_depth": service.batcher.depth((entry.name, lv.level)),
-                "fits_memory": fits_memory(option, parsed),
-                "fits_latency": fits_latency(option, parsed),
-            }
-        )
-    return {
-        "task": entry.name,
-        "budget": None if parsed is None else parsed.to_dict(),
-        **chosen,
-        "levels": levels,
-    }
+    entry = fe.task(task)
+    parse_budget(budget)  # a bad budget is the front end's 422, not a round trip
+    plan: dict[str, Any] = await fe.client.call(
+        "plan", task=entry.name, budget=budget, on_miss=on_miss, examples=examples
+    )
+    return plan
 
 
 @router.get(
@@ -211,8 +146,9 @@ async def plan(
     responses=ERRORS,
     tags=["models"],
 )
-async def models(service: ServiceDep) -> dict[str, Any]:
-    return service.summary()
+async def models(fe: FrontEndDep) -> dict[str, Any]:
+    summary: dict[str, Any] = await fe.client.call("models")
+    return summary
 
 
 EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -224,6 +160,21 @@ EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def archive_response(fe: FrontEnd, entry: TaskEntry, level: int) -> Response:
+    data: bytes = await fe.client.call("archive", task=entry.name, level=level)
+    name = f"{fe.client.manifest.name}-{entry.name}-level{level}.tar"
+    return Response(
+        data,
+        media_type="application/x-tar",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-DVN-Archive-SHA256": hashlib.sha256(data).hexdigest(),
+            "X-DVN-Level": str(level),
+            "X-DVN-Units": ",".join(str(u) for u in entry.levels[level - 1].units),
+        },
+    )
+
+
 @router.get(
     "/v1/models/{task}/levels/{level}/export",
     summary="One (task, level) as a standalone checkpoint archive",
@@ -231,10 +182,13 @@ EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=EXPORT_RESPONSES,
     tags=["models"],
 )
-async def export_level(task: str, level: int, service: ServiceDep) -> Response:
-    entry = service.task(task)
-    service.check_level(entry, level)
-    return await archive_for(service, entry, level)
+async def export_level(task: str, level: int, fe: FrontEndDep) -> Response:
+    entry = fe.task(task)
+    if not 1 <= level <= len(entry.levels):
+        raise InvalidParameter(
+            f"level {level} is out of range for task {entry.name!r}: use 1..{len(entry.levels)}"
+        )
+    return await archive_response(fe, entry, level)
 
 
 @router.get(
@@ -244,16 +198,8 @@ async def export_level(task: str, level: int, service: ServiceDep) -> Response:
     responses=EXPORT_RESPONSES,
     tags=["models"],
 )
-async def export_budget(task: str, service: ServiceDep, budget: BudgetQuery = None) -> Response:
-    entry = service.task(task)
-    parsed = parse_budget(budget)
-    if parsed is None or parsed.memory_bytes is None or parsed.latency_s is not None:
-        raise InvalidParameter(
-            "export takes a memory budget only, e.g. ?budget=2MiB (or use "
-            f"/v1/models/{task}/levels/{{level}}/export)"
-        )
-    options = service.forecast.options(entry, 1)
-    by_memory = [o for o in options if fits_memory(o, parsed)]
-    if not by_memory:
-        select_level(entry.name, options, parsed)  # raises BudgetUnsatisfiable, same message
-    return await archive_for(service, entry, max(o.level for o in by_memory))
+async def export_budget(task: str, fe: FrontEndDep, budget: BudgetQuery = None) -> Response:
+    entry = fe.task(task)
+    parse_budget(budget)
+    level: int = await fe.client.call("export_level", task=entry.name, budget=budget)
+    return await archive_response(fe, entry, level)

@@ -7,18 +7,18 @@ bounded the same way)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
 
-from server.engine.runtime import Runtime
 from server.logs import SERVER
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[object]]) -> None:
         super().__init__(config)
-        self.runtime = runtime
+        self.drain = drain
         self.draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -32,6 +32,6 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
 
     async def _drain(self) -> None:
-        await self.runtime.drain()
+        await self.drain()
         SERVER.info("drained: exiting")
         self.should_exit = True

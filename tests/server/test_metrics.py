@@ -168,6 +168,9 @@ FAMILIES = {
     "dvn_model_info": "gauge",  # an Info is a gauge in the Prometheus text format
     "dvn_model_param_bytes": "gauge",
     "dvn_unit_param_bytes": "gauge",
+    # the front ends' own
+    "dvn_engine_up": "gauge",
+    "dvn_ipc_seconds": "histogram",
 }
 
 

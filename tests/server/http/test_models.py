@@ -342,7 +342,10 @@ async def test_openapi_documents_every_route_and_its_errors(client: AppClient) -
     assert infer["responses"]["422"]["description"] == (
         "invalid_budget; budget_unsatisfiable; invalid_parameter"
     )
-    assert infer["responses"]["503"]["description"] == "deadline_unmeetable; not_ready"
+    assert (
+        infer["responses"]["503"]["description"]
+        == "deadline_unmeetable; not_ready; engine_unavailable"
+    )
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     export = doc["paths"]["/v1/models/{task}/levels/{level}/export"]["get"]["responses"]
     assert set(export["200"]["content"]) == {"application/x-tar"}
