@@ -38,6 +38,12 @@ def register(sub: Any) -> None:
         "--max-inflight", type=int, help="inference requests handled at once (default 512)"
     )
     p.add_argument("--drain-timeout-s", type=float, help="longest drain on SIGTERM (default 30)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="HTTP front-end processes beside the one engine process (default: half the "
+        "cores on a CPU, cores - 1 on a GPU); 0: one process does everything",
+    )
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_serve)
@@ -50,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.engine.runtime import FINAL_GRACE_S, pick_device
     from server.http.app import create_app
     from server.http.serving import DrainingServer
+    from server.launcher import Supervisor, default_workers
     from server.logs import SERVER, configure_logging
     from server.settings import load_settings
 
@@ -80,6 +87,13 @@ def _serve(args: argparse.Namespace) -> int:
             }
         },
     )
+    workers = default_workers(str(device)) if args.workers is None else args.workers
+    if workers < 0:
+        SERVER.error("--workers must be 0 (one process) or more front ends, got %d", workers)
+        return 2
+    if workers > 0:
+        del checkpoint  # verified; the engine process loads its own copy
+        return Supervisor(settings, workers).run()
     app = create_app(settings, checkpoint=checkpoint)
     config = uvicorn.Config(
         app,
@@ -92,6 +106,6 @@ def _serve(args: argparse.Namespace) -> int:
         # only the last answers after it.
         timeout_graceful_shutdown=math.ceil(FINAL_GRACE_S),
     )
-    server = DrainingServer(config, app.state.runtime)
+    server = DrainingServer(config, app.state.runtime.drain)
     server.run()
     return 0 if server.started else 1

@@ -101,6 +101,8 @@ class EngineClient(abc.ABC):
 
     manifest: Manifest
     specs: dict[str, TaskSpec]
+    # called with an answer's round trip outside the engine (dvn_ipc_seconds), if set
+    observe_ipc: Callable[[float], None] | None = None
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -246,7 +248,6 @@ class MPClient(EngineClient):
         status_interval_s: float = 0.1,
         down_after_s: float = 1.0,
         call_timeout_s: float = 30.0,
-        observe_ipc: Callable[[float], None] | None = None,
     ) -> None:
         self.address = address
         self.manifest = manifest
@@ -255,7 +256,6 @@ class MPClient(EngineClient):
         self.status_interval_s = status_interval_s
         self.down_after_s = down_after_s
         self.call_timeout_s = call_timeout_s
-        self._observe_ipc = observe_ipc
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
         self._abandoned: set[int] = set()  # cancelled by their clients
@@ -441,9 +441,9 @@ class MPClient(EngineClient):
         if isinstance(reply, wire.Failed):
             raise reply.error()
         assert isinstance(reply, wire.Answered) and probs is not None
-        if self._observe_ipc is not None:
+        if self.observe_ipc is not None:
             # the round trip's time outside the engine
-            self._observe_ipc(max(0.0, time.perf_counter() - sent - reply.engine_s))
+            self.observe_ipc(max(0.0, time.perf_counter() - sent - reply.engine_s))
         return Answer(
             task=entry,
             level=reply.level,

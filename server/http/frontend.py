@@ -60,6 +60,9 @@ class FrontEnd:
     draining: bool = False
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
+    def __post_init__(self) -> None:
+        self.client.observe_ipc = self.metrics.ipc.observe
+
     def check_ready(self, probe: bool = False) -> None:
         """Raises the 503 an inference request (``probe``: ``/readyz``) gets now, if any."""
         if self.draining:
