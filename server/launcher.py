@@ -31,6 +31,8 @@ from server.settings import Settings
 
 # Longest a child may take to exit after its SIGTERM beyond the drain timeout.
 EXIT_GRACE_S = FINAL_GRACE_S + 5.0
+# A front end waits this much longer than the engine for the engine's last answers.
+FRONTEND_EXTRA_S = 1.0
 # A child that keeps dying is restarted at most this often.
 RESTART_BACKOFF_S = 0.5
 
@@ -191,25 +193,24 @@ class Supervisor:
                 child.start()
 
     def _stop(self, engine: Child, frontends: list[Child]) -> int:
-        """Front ends first (each drains), then the engine (nothing in flight by then)."""
-        limit = self.settings.drain_timeout_s + EXIT_GRACE_S
+        """Every process drains at once: the front ends refuse new requests and wait for
+        the answers of those they accepted; the engine answers what it holds within the
+        drain timeout, the rest with 503, and exits once every answer has left."""
+        limit = self.settings.drain_timeout_s + EXIT_GRACE_S + FRONTEND_EXTRA_S
+        children = [*frontends, engine]
+        for child in children:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + limit
         codes: list[int | None] = []
-        for group in (frontends, [engine]):
-            for child in group:
-                child.signal(signal.SIGTERM)
-            deadline = time.monotonic() + limit
-            for child in group:
-                while not self.forced and time.monotonic() < deadline:
-                    code = child.wait(0.05)
-                    if code is not None:
-                        break
-                if child.exited() is None:
-                    SERVER.error(
-                        "process did not exit: killed", extra={"fields": {"role": child.role}}
-                    )
-                    child.signal(signal.SIGKILL)
-                    child.wait(5)
-                codes.append(child.exited())
+        for child in children:
+            while not self.forced and time.monotonic() < deadline:
+                if child.wait(0.05) is not None:
+                    break
+            if child.exited() is None:
+                SERVER.error("process did not exit: killed", extra={"fields": {"role": child.role}})
+                child.signal(signal.SIGKILL)
+                child.wait(5)
+            codes.append(child.exited())
         ok = all(code == 0 for code in codes)
         SERVER.info("stopped", extra={"fields": {"clean": ok}})
         return 0 if ok else 1

@@ -103,6 +103,14 @@ class EngineClient(abc.ABC):
     specs: dict[str, TaskSpec]
     # called with an answer's round trip outside the engine (dvn_ipc_seconds), if set
     observe_ipc: Callable[[float], None] | None = None
+    _ids: itertools.count[int]
+
+    def next_id(self) -> int:
+        """A fresh id for a :class:`~server.engine.wire.Infer` or :class:`~server.engine.wire.Call`
+        of this client."""
+        if not hasattr(self, "_ids"):
+            self._ids = itertools.count(1)
+        return next(self._ids)
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -256,7 +264,6 @@ class MPClient(EngineClient):
         self.status_interval_s = status_interval_s
         self.down_after_s = down_after_s
         self.call_timeout_s = call_timeout_s
-        self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
         self._abandoned: set[int] = set()  # cancelled by their clients
         self.inflight = 0  # inference requests at the engine
@@ -337,6 +344,8 @@ class MPClient(EngineClient):
                 value = await self._call("status", {}, timeout=self.down_after_s)
             except ServeError:
                 self._down(f"no status within {self.down_after_s:g} s")
+            except Exception:  # a bug of ours must not stop the status from being kept
+                SERVER.exception("engine status poll failed")
             else:
                 was = self._status
                 self._serving, self._backlog_s = value["serving"], value["backlog_s"]
@@ -384,7 +393,7 @@ class MPClient(EngineClient):
         return future
 
     async def _call(self, method: wire.Method, args: dict[str, Any], *, timeout: float) -> Any:
-        id = next(self._ids)
+        id = self.next_id()
         future = self._expect(id)
         try:
             await self._send([wire.encode(wire.Call(id, method, args))])

@@ -43,7 +43,7 @@ class EngineServer:
         self.socket = self._ctx.socket(zmq.ROUTER)
         # Unroutable replies (a front end that died) raise instead of vanishing unseen.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.LINGER, 1000)  # the last answers leave before it closes
         self.socket.setsockopt(zmq.SNDHWM, 0)  # replies are bounded by the front ends' bound
         self.socket.setsockopt(zmq.RCVHWM, 0)
 
@@ -147,7 +147,7 @@ class EngineServer:
             )
 
     def close(self) -> None:
-        self.socket.close(linger=0)
+        self.socket.close(linger=1000)
         self._ctx.term()
 
 

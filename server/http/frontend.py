@@ -3,7 +3,6 @@ its in-flight count and drain state. Built by ``create_app``; nothing global."""
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass, field
 
@@ -58,7 +57,6 @@ class FrontEnd:
     metrics: FrontEndMetrics = field(default_factory=FrontEndMetrics)
     inflight: int = 0
     draining: bool = False
-    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.client.observe_ipc = self.metrics.ipc.observe

@@ -108,7 +108,7 @@ async def _infer(
         log.update(outcome=e.type)
         raise
     message = wire.Infer(
-        id=next(fe.ids),
+        id=fe.client.next_id(),
         task=task,
         budget=parsed.budget_spec,
         level=parsed.level,

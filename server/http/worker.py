@@ -22,6 +22,7 @@ from server.engine.client import MPClient
 from server.engine.runtime import FINAL_GRACE_S
 from server.http.app import create_app, drain_frontend
 from server.http.serving import DrainingServer
+from server.launcher import FRONTEND_EXTRA_S
 from server.logs import configure_logging
 from server.settings import Settings
 
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=math.ceil(FINAL_GRACE_S),
     )
     fe = app.state.frontend
-    server = DrainingServer(config, lambda: drain_frontend(fe, settings.drain_timeout_s))
+    # The engine answers everything it holds within its drain timeout and grace (503 past
+    # it); this front end waits that long for those answers, and a little more.
+    wait_s = settings.drain_timeout_s + FINAL_GRACE_S + FRONTEND_EXTRA_S
+    server = DrainingServer(config, lambda: drain_frontend(fe, wait_s))
     listener = socket.socket(fileno=args.fd)
     server.run(sockets=[listener])
     return 0 if server.started else 1

@@ -5,7 +5,7 @@ sizes per level, outcomes.
 
 The slow batch is one request of ``SLOW_EXAMPLES`` examples at level 4 of the slow-forward
 checkpoint (conftest.py): a request larger than ``max_batch_size`` runs as one forward, of
-about three seconds here, while the requests under test wait at level 2.
+about six seconds here, while the requests under test wait at level 2.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bench._process import ServerProcess, dvn_serve
 from tests.integration.conftest import Samples, by_label, scrape, total
 from tests.server.helpers import npy_bytes
 
-SLOW_EXAMPLES = 48
+SLOW_EXAMPLES = 96
 NPY = {"content-type": "application/x-npy"}
 WAIT_S = 20.0
 
@@ -36,7 +36,7 @@ def server(
     heavy_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("deadlines") / "serve.log"
-    env = {"DVN_MAX_BATCH_SIZE": "4", "DVN_TORCH_THREADS": "1"}
+    env = {"DVN_MAX_BATCH_SIZE": "4", "DVN_TORCH_THREADS": "1", "DVN_MAX_REQUEST_BATCH": "128"}
     with dvn_serve(heavy_checkpoint, log, env=env) as process:
         yield process
 
