@@ -197,6 +197,8 @@ class Supervisor:
         the answers of those they accepted; the engine answers what it holds within the
         drain timeout, the rest with 503, and exits once every answer has left."""
         limit = self.settings.drain_timeout_s + EXIT_GRACE_S + FRONTEND_EXTRA_S
+        if self.listener is not None:
+            self.listener.close()  # the front ends' copies close as each one exits
         children = [*frontends, engine]
         for child in children:
             child.signal(signal.SIGTERM)

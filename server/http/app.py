@@ -69,7 +69,10 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                if draining(scope):  # no next request on this connection: it is closing
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message["headers"], *extra]
             await send(message)
 
         try:
@@ -86,6 +89,12 @@ class RequestContext:
                         **state["log"],
                     }
                 )
+
+
+def draining(scope: Scope) -> bool:
+    app = scope.get("app")
+    fe = getattr(getattr(app, "state", None), "frontend", None)
+    return bool(getattr(fe, "draining", False))
 
 
 def error_response(error: ServeError) -> JSONResponse:
