@@ -197,7 +197,7 @@ def _litserve_server(args: argparse.Namespace) -> Any:
         api_path=f"/infer/{args.task}",
     )
     server = ls.LitServer(api, accelerator=args.accelerator, workers_per_device=1, timeout=30)
-    _add_dvn_routes(server.http.app, Path(args.models_json))
+    _add_dvn_routes(server.app, Path(args.models_json))
     return server
 
 

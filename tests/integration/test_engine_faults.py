@@ -170,7 +170,7 @@ def test_a_malformed_ipc_frame_is_refused_and_logged(server: ServerProcess) -> N
     wait_for(lambda: ready(server), "readiness")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.LINGER, 5000)  # term() waits until the frames are out
     sock.connect(engine_address(server))
     try:
         sock.send_multipart([b"\xc1 not msgpack"])

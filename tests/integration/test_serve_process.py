@@ -138,12 +138,13 @@ DRAIN_CUT = (
 def test_a_drain_that_runs_out_of_time_answers_every_request_and_exits_zero(
     tmp_path: Path, heavy_checkpoint: Path
 ) -> None:
-    """More accepted work than the drain timeout allows (40 level-4 forwards of one example,
+    """More accepted work than the drain timeout allows (40 level-4 forwards of four examples,
     each tens of milliseconds or more, against a 0.2 s drain): the process exits 0 within the
     timeout and a short grace, and every request gets an answer: 200 if it was computed,
     else 503 ``not_ready`` saying why. None is dropped."""
     rng = np.random.default_rng(2)
-    body = npy(rng.standard_normal((1, 3, 32, 32), dtype=np.float32))
+    # 4 examples a request, over max_batch_size: one forward of 4 each, hundreds of ms
+    body = npy(rng.standard_normal((4, 3, 32, 32), dtype=np.float32))
     accepted_n = 40
     args = ("--max-batch-size", "1", "--drain-timeout-s", "0.2")
     env = {"DVN_TORCH_THREADS": "1"}
