@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   dvn bench budgets --points 6 --duration 5     # budget attainment vs load, three policies
   dvn bench all --out bench/results             # everything, then docs/benchmarks.md
   dvn bench all --duration 0.5 --clients 1 --points 2   # a quick smoke run
-  dvn bench transport                           # load generator CPU/request: httpx vs wire
+  dvn bench transport                           # load generator CPU/request by HTTP transport
   dvn bench soak                                # 100,000 requests: none lost, memory flat
   dvn bench soak --requests 20000 --concurrency 8 --budget-mix "none:1,5ms:1"
 
@@ -81,11 +81,18 @@ def register(sub: Any) -> None:
     bu.set_defaults(handler=_budgets)
 
     tr = which.add_parser(
-        "transport", help="the load generator's CPU per request, httpx's transport vs wire"
+        "transport",
+        help="the load generator's CPU per request: httpx, httptools, the old hand-written client",
     )
     tr.add_argument("--out", default="bench/results", help="where to write transport.json/.md")
     tr.add_argument("--clients", default="1,16,64", help="closed-loop clients per point")
     tr.add_argument("--duration", type=float, default=3.0, help="seconds measured per point")
+    tr.add_argument("--rounds", type=int, default=2, help="sweeps, transports in turn (2)")
+    tr.add_argument(
+        "--baseline-rev",
+        help="git commit of the hand-written client to compare with (default: the last one "
+        "that had it); 'none' leaves it out",
+    )
     tr.set_defaults(handler=_transport)
 
     al = which.add_parser("all", help="every benchmark, then docs/benchmarks.md")
@@ -203,9 +210,16 @@ def _budgets(args: argparse.Namespace) -> int:
 
 
 def _transport(args: argparse.Namespace) -> int:
-    from bench.transport import run_transport
+    from bench.transport import BASELINE_REV, run_transport
 
-    report = run_transport(args.out, concurrencies=_ints(args.clients), duration=args.duration)
+    rev = args.baseline_rev or BASELINE_REV
+    report = run_transport(
+        args.out,
+        concurrencies=_ints(args.clients),
+        duration=args.duration,
+        rounds=args.rounds,
+        baseline_rev=None if rev == "none" else rev,
+    )
     print(report.read_text())
     return 0
 

@@ -14,11 +14,11 @@ loop: ``concurrency`` workers each send a request, wait for it, and send the nex
 (a soak of a fixed size); rates are then per second of the window it took.
 
 HTTP: ``http_client="wire"`` (the default) sends ``http://`` requests through the light
-transport of ``clients/_wire.py``, which costs well under a millisecond of CPU a request
-where httpx's own transport costs several (docs/benchmarks.md); ``"httpx"`` uses httpx's
-own, and ``https://`` URLs always do. An injected ``transport`` overrides both. The light
-transport connects to the URL itself (``HTTP_PROXY`` and the like are not used: use
-``httpx`` to load a server through a proxy).
+transport of ``clients/_wire.py`` (httptools parses the responses), which costs a fraction of
+a millisecond of CPU a request where httpx's own transport costs several under many clients
+(docs/benchmarks.md); ``"httpx"`` uses httpx's own, and ``https://`` URLs always do. An
+injected ``transport`` overrides both. The light transport connects to the URL itself
+(``HTTP_PROXY`` and the like are not used: use ``httpx`` to load a server through a proxy).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ class _Run:
         http: httpx.AsyncClient,
         config: LoadTestConfig,
         workload: _Workload,
-        direct: WireTransport | None = None,
+        direct: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.http = http
         self.direct = direct
@@ -224,7 +224,7 @@ class _Run:
         return request
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
-        """The answer to ``request``. Through the light transport the client is skipped:
+        """The answer to ``request``. With a transport of our own the client is skipped:
         what it adds per request (cookie extraction through urllib's adapters, auth and
         redirect wrappers, stream bookkeeping) is a third of the generator's remaining CPU,
         and an infer call uses none of it (no cookies, no redirects, the API key is a header
@@ -371,8 +371,7 @@ async def arun_loadtest(config: LoadTestConfig) -> LoadReport:
             workload = await _discover(http, config)
         except httpx.TransportError as e:
             raise protocol.transport_error(e, protocol.models_call(), http.base_url) from e
-        direct = transport if isinstance(transport, WireTransport) else None
-        run = _Run(http, config, workload, direct)
+        run = _Run(http, config, workload, direct=transport)
         await run.run()
     return run.recorder.report(_describe(config, workload), run.window_s())
 
