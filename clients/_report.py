@@ -32,7 +32,9 @@ OutcomeKind = Literal["ok", "error", "timeout"]
 @dataclass(frozen=True)
 class Outcome:
     """How one request ended. ``start`` is seconds since the measured window began
-    (negative during warm-up); ``budget`` is the budget-mix item (``none`` for none)."""
+    (negative during warm-up); ``budget`` is the budget-mix item (``none`` for none);
+    ``status`` the HTTP status (``None`` when no response came: a timeout, a failed
+    connection)."""
 
     task: str
     budget: str
@@ -42,6 +44,7 @@ class Outcome:
     level: int | None = None
     met: bool | None = None
     error_type: str | None = None
+    status: int | None = None
 
 
 def new_histogram(highest_s: float) -> Any:

@@ -253,10 +253,12 @@ class _Run:
         met: bool | None = None
         error_type: str | None = None
         retry_after: float | None = None
+        status: int | None = None
         kind: Literal["ok", "error", "timeout"] = "ok"
         try:
             async with asyncio.timeout(self.config.timeout):
                 response = await self._send(self._built(task, budget, example))
+            status = response.status_code
             result = protocol.parse_infer(response)
             level, met = result.level, result.budget_met
         except (TimeoutError, httpx.TimeoutException):
@@ -264,14 +266,14 @@ class _Run:
         except httpx.TransportError:
             kind, error_type = "error", "connection"
         except DVNError as e:
-            kind, error_type = "error", e.type or f"http_{e.status}"
+            kind, error_type, status = "error", e.type or f"http_{e.status}", e.status
             if e.status in (429, 503):
                 retry_after = e.retry_after
         except Exception as e:  # every sent request must end in an outcome
             kind, error_type = "error", f"client_{type(e).__name__}"
         latency = time.perf_counter() - start
         outcome = Outcome(
-            task, budget, start - self.measure_from, latency, kind, level, met, error_type
+            task, budget, start - self.measure_from, latency, kind, level, met, error_type, status
         )
         self.recorder.on_done(outcome, measured)
         return retry_after

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ async def test_open_loop_accounts_for_every_request() -> None:
         k: v for k, v in (("queue_full", report.errors), ("timeout", report.timeouts)) if v
     }
     assert report.timeouts > 0 and report.errors > 0
+    statuses = Counter(o.status for o in report.outcomes)
+    assert statuses == {200: report.ok, 429: report.errors, None: report.timeouts}
     # Level mix and budget attainment are what the server answered.
     levels = {(t, lv): n for t, per in report.levels.items() for lv, n in per.items()}
     assert levels == dict(fake.levels)
