@@ -1,5 +1,5 @@
-"""``dvn bench all``: every benchmark in one run (levels, serve, peers, memory, budgets, and
-the load generator's own cost by HTTP transport) into
+"""``dvn bench all``: every benchmark in one run (levels, serve, peers, memory, budgets,
+goodput under overload, and the load generator's own cost by HTTP transport) into
 one ``--out`` folder, then ``docs/benchmarks.md``: the machine, a table of every goal with
 its measured value and met / NOT met, every part's markdown, and its plots (PNGs copied next
 to the page, under ``docs/benchmarks/``), and the hand-written ``docs/benchmarks/analysis.md``
@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import budgets, memory
+from bench import budgets, memory, overload
 from bench._common import cpu_times, machine_line, steal_share, write_report
 from bench.peers import progress
 
-PARTS = ("levels", "serve", "peers", "memory", "budgets", "transport")
+PARTS = ("levels", "serve", "peers", "memory", "budgets", "overload", "transport")
 # Kept next to the page's plots and written by hand (profiles, reasons): placed after the
 # goals table on every run, so that regenerating the page does not drop it.
 ANALYSIS = "analysis.md"
@@ -91,6 +91,15 @@ def run_all(
             budget_mix=o.budget_mix,
             profile_iters=o.profile_iters,
             rounds=o.rounds,
+        ),
+        "overload": lambda: overload.run_overload(
+            checkpoint,
+            out,
+            overload.OverloadOptions(
+                duration=min(o.duration, 3.0),
+                warmup=min(o.warmup, 0.5),
+                profile_iters=o.profile_iters,
+            ),
         ),
         "transport": lambda: run_transport(
             out, concurrencies=o.clients, duration=min(o.duration, 3.0)
@@ -205,6 +214,7 @@ def goals(out: Path) -> list[dict[str, Any]]:
         "peers": lambda data: peers_goals(data, read("levels")),
         "memory": memory.goals,
         "budgets": budgets.goals,
+        "overload": overload.goals,
     }
     for part, reader in readers.items():
         data = read(part)

@@ -14,8 +14,10 @@ EXAMPLES = """examples:
   dvn bench budgets --points 6 --duration 5     # budget attainment vs load, three policies
   dvn bench all --out bench/results             # everything, then docs/benchmarks.md
   dvn bench all --duration 0.5 --clients 1 --points 2   # a quick smoke run
-  dvn bench transport                           # load generator CPU/request: httpx vs wire
+  dvn bench transport                           # load generator CPU/request by HTTP transport
   dvn bench soak                                # 100,000 requests: none lost, memory flat
+  dvn bench overload                            # goodput past capacity, closed and open loop
+  dvn bench overload --budget 20ms --duration 2 --server-args "--workers 2"
   dvn bench soak --requests 20000 --concurrency 8 --budget-mix "none:1,5ms:1"
 
 Figures are only comparable from a quiet machine: nothing else running.
@@ -81,12 +83,53 @@ def register(sub: Any) -> None:
     bu.set_defaults(handler=_budgets)
 
     tr = which.add_parser(
-        "transport", help="the load generator's CPU per request, httpx's transport vs wire"
+        "transport",
+        help="the load generator's CPU per request: httpx, httptools, the old hand-written client",
     )
     tr.add_argument("--out", default="bench/results", help="where to write transport.json/.md")
     tr.add_argument("--clients", default="1,16,64", help="closed-loop clients per point")
     tr.add_argument("--duration", type=float, default=3.0, help="seconds measured per point")
+    tr.add_argument("--rounds", type=int, default=2, help="sweeps, transports in turn (2)")
+    tr.add_argument(
+        "--baseline-rev",
+        help="git commit of the hand-written client to compare with (default: the last one "
+        "that had it); 'none' leaves it out",
+    )
     tr.set_defaults(handler=_transport)
+
+    ov = which.add_parser(
+        "overload", help="goodput, refusals and p99 from below to far past level-1 capacity"
+    )
+    ov.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    ov.add_argument("--out", default="bench/results", help="where to write overload.json/.md/.png")
+    ov.add_argument("--task", default="digits", help="task to load (default: digits)")
+    ov.add_argument("--budget", default="10ms", help="every request's budget (default: 10ms)")
+    ov.add_argument("--duration", type=float, default=3.0, help="seconds measured per point (3)")
+    ov.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per point (0.5)")
+    ov.add_argument(
+        "--capacity-clients",
+        type=int,
+        default=16,
+        help="closed-loop clients of the capacity run, the 1x of the closed sweep (16)",
+    )
+    ov.add_argument("--factors", default="1,2,4,8,16", help="closed loop: x capacity clients")
+    ov.add_argument(
+        "--loads", default="0.5,0.9,1,1.5,2,4", help="open loop: x level-1 capacity (req/s)"
+    )
+    ov.add_argument(
+        "--server-args",
+        default="",
+        metavar="ARGS",
+        help='passed to dvn serve as they are, e.g. "--workers 2" (default: none)',
+    )
+    ov.add_argument(
+        "--profile-iters",
+        type=int,
+        default=5,
+        help="server's start-up profile: forwards per batch size (default 5)",
+    )
+    ov.add_argument("--quiet", action="store_true", help="no progress lines")
+    ov.set_defaults(handler=_overload)
 
     al = which.add_parser("all", help="every benchmark, then docs/benchmarks.md")
     _common_args(al)
@@ -133,6 +176,16 @@ def _ints(text: str) -> tuple[int, ...]:
         ) from None
     if not values or min(values) < 1:
         raise ValueError(f"expected numbers >= 1, e.g. 1,16,64; got {text!r}")
+    return values
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, e.g. 0.5,1,2; got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise ValueError(f"expected numbers > 0, e.g. 0.5,1,2; got {text!r}")
     return values
 
 
@@ -203,9 +256,38 @@ def _budgets(args: argparse.Namespace) -> int:
 
 
 def _transport(args: argparse.Namespace) -> int:
-    from bench.transport import run_transport
+    from bench.transport import BASELINE_REV, run_transport
 
-    report = run_transport(args.out, concurrencies=_ints(args.clients), duration=args.duration)
+    rev = args.baseline_rev or BASELINE_REV
+    report = run_transport(
+        args.out,
+        concurrencies=_ints(args.clients),
+        duration=args.duration,
+        rounds=args.rounds,
+        baseline_rev=None if rev == "none" else rev,
+    )
+    print(report.read_text())
+    return 0
+
+
+def _overload(args: argparse.Namespace) -> int:
+    import shlex
+
+    from bench.overload import OverloadOptions, run_overload
+
+    options = OverloadOptions(
+        task=args.task,
+        budget=args.budget,
+        duration=args.duration,
+        warmup=args.warmup,
+        capacity_clients=args.capacity_clients,
+        factors=_ints(args.factors),
+        loads=_floats(args.loads),
+        profile_iters=args.profile_iters,
+        server_args=tuple(shlex.split(args.server_args)),
+        progress=not args.quiet,
+    )
+    report = run_overload(args.checkpoint, args.out, options)
     print(report.read_text())
     return 0
 

@@ -1,4 +1,5 @@
-"""The load-test figure: latency CDF, level mix over time, budget attainment over time."""
+"""The load-test figure: latency CDF, rates over time (ok, met: the goodput, and failed),
+level mix over time, budget attainment over time."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def _bin_width(duration_s: float) -> float:
 
 
 def plot_report(report: LoadReport, path: str | os.PathLike[str]) -> Path:
-    """Write the three-panel figure of ``report`` to ``path`` (PNG, or any format
+    """Write the four-panel figure of ``report`` to ``path`` (PNG, or any format
     matplotlib infers from the suffix) and return the path."""
     import matplotlib
 
@@ -24,8 +25,11 @@ def plot_report(report: LoadReport, path: str | os.PathLike[str]) -> Path:
     from matplotlib.ticker import FuncFormatter
 
     out = Path(path)
-    fig, (ax_cdf, ax_levels, ax_budget) = plt.subplots(1, 3, figsize=(16, 4.5))
-    title = f"{report.config.get('mode', '')} loop, {report.ok} ok of {report.sent} sent"
+    fig, ((ax_cdf, ax_rates), (ax_levels, ax_budget)) = plt.subplots(2, 2, figsize=(13, 8.5))
+    title = (
+        f"{report.config.get('mode', '')} loop, {report.ok} ok of {report.sent} sent, "
+        f"{report.goodput_rate:.1f}/s met (goodput)"
+    )
     fig.suptitle(f"dvn loadtest: {title}")
 
     if report.latency_cdf:
@@ -42,15 +46,26 @@ def plot_report(report: LoadReport, path: str | os.PathLike[str]) -> Path:
     per_level: dict[int, Counter[int]] = defaultdict(Counter)
     met: dict[str, Counter[int]] = defaultdict(Counter)
     seen: dict[str, Counter[int]] = defaultdict(Counter)
+    rates: dict[str, Counter[int]] = defaultdict(Counter)  # ok, met, failed by start
     for o in report.outcomes:
+        b = min(max(int(o.start / width), 0), bins - 1)
         if o.kind != "ok":
+            rates["failed"][b] += 1
             continue
-        b = min(int(o.start / width), bins - 1)
+        rates["ok"][b] += 1
+        rates["met (goodput)"][b] += bool(o.met)
         per_level[o.level or 0][b] += 1
         if o.met is not None:
             seen[o.budget][b] += 1
             met[o.budget][b] += o.met
     times = [(b + 0.5) * width for b in range(bins)]
+    for name, style in (("ok", "-"), ("met (goodput)", "-"), ("failed", "--")):
+        ax_rates.plot(times, [rates[name][b] / width for b in range(bins)], style, label=name)
+    ax_rates.legend(loc="upper right", fontsize="small")
+    ax_rates.set(xlabel="time (s)", ylabel="requests/s (by send time)", title="rates")
+    ax_rates.set_ylim(bottom=0)
+    ax_rates.grid(True, alpha=0.3)
+
     totals = [sum(per_level[lv][b] for lv in per_level) for b in range(bins)]
     if per_level:
         levels = sorted(per_level)

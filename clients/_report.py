@@ -4,8 +4,10 @@
 Accounting: every request the load generator sends ends in exactly one outcome, ``ok``,
 ``error`` (an HTTP error or a failed connection) or ``timeout``, so
 ``sent == ok + errors + timeouts``; ``not_sent`` counts open-loop arrivals dropped because
-``max_outstanding`` requests were already in flight. Warm-up requests are sent but left
-out of every number except ``warmup_sent``.
+``max_outstanding`` requests were already in flight. ``met`` counts the ``ok`` answers whose
+budget was met (``X-DVN-Budget-Met: true``; an answer to a request without a budget is never
+``met``): per second of the measured window it is the goodput, next to the ok rate. Warm-up
+requests are sent but left out of every number except ``warmup_sent``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ OutcomeKind = Literal["ok", "error", "timeout"]
 @dataclass(frozen=True)
 class Outcome:
     """How one request ended. ``start`` is seconds since the measured window began
-    (negative during warm-up); ``budget`` is the budget-mix item (``none`` for none)."""
+    (negative during warm-up); ``budget`` is the budget-mix item (``none`` for none);
+    ``status`` the HTTP status (``None`` when no response came: a timeout, a failed
+    connection)."""
 
     task: str
     budget: str
@@ -40,6 +44,7 @@ class Outcome:
     level: int | None = None
     met: bool | None = None
     error_type: str | None = None
+    status: int | None = None
 
 
 def new_histogram(highest_s: float) -> Any:
@@ -65,6 +70,8 @@ class Recorder:
     live_sent: int = 0
     live_ok: int = 0
     live_failed: int = 0
+    retry_waits: int = 0  # closed loop, respect_retry_after: waits before a next request
+    retry_wait_s: float = 0.0  # the seconds those Retry-After headers asked for
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -81,6 +88,12 @@ class Recorder:
     def on_not_sent(self, measured: bool) -> None:
         if measured:
             self.not_sent += 1
+
+    def on_retry_wait(self, seconds: float, measured: bool) -> None:
+        """A closed-loop worker waits ``seconds`` (a Retry-After) before its next request."""
+        if measured:
+            self.retry_waits += 1
+            self.retry_wait_s += seconds
 
     def on_done(self, outcome: Outcome, measured: bool) -> None:
         if outcome.kind == "ok":
@@ -102,7 +115,9 @@ class Recorder:
         self.window.reset()
         return p50
 
-    def report(self, config: dict[str, Any], duration_s: float) -> LoadReport:
+    def report(
+        self, config: dict[str, Any], duration_s: float, *, respect_retry_after: bool = False
+    ) -> LoadReport:
         """The report of everything measured.
 
         Raises:
@@ -110,6 +125,7 @@ class Recorder:
         """
         kinds = Counter(o.kind for o in self.outcomes)
         ok, errors, timeouts = kinds["ok"], kinds["error"], kinds["timeout"]
+        met = sum(o.kind == "ok" and bool(o.met) for o in self.outcomes)
         if self.sent != ok + errors + timeouts:
             raise AssertionError(
                 f"load test lost requests: sent {self.sent} != ok {ok} + errors {errors} "
@@ -135,12 +151,14 @@ class Recorder:
             duration_s=duration_s,
             sent=self.sent,
             ok=ok,
+            met=met,
             errors=errors,
             timeouts=timeouts,
             not_sent=self.not_sent,
             warmup_sent=self.warmup_sent,
             offered_rate=(self.sent + self.not_sent) / duration,
             achieved_rate=ok / duration,
+            goodput_rate=met / duration,
             latency_ms=_latency_summary(self.latency),
             latency_cdf=_latency_cdf(self.latency),
             levels={t: dict(sorted(c.items())) for t, c in sorted(levels.items())},
@@ -149,6 +167,9 @@ class Recorder:
                 for b, c in sorted(budgets.items())
             },
             errors_by_type=dict(error_types.most_common()),
+            retry_after=RetryAfterWaits(self.retry_waits, self.retry_wait_s)
+            if respect_retry_after
+            else None,
             outcomes=list(self.outcomes),
         )
 
@@ -185,41 +206,57 @@ class BudgetAttainment:
 
 
 @dataclass(frozen=True)
+class RetryAfterWaits:
+    """With ``respect_retry_after``: how often measured closed-loop requests were followed
+    by a wait for the server's Retry-After, and the seconds asked for in total (a wait is cut
+    short at the end of the run)."""
+
+    waits: int
+    asked_s: float
+
+
+@dataclass(frozen=True)
 class LoadReport:
     """The result of a load test (see the module docstring for the accounting).
 
-    ``latency_ms`` holds p50, p90, p99, p99.9, max and mean of successful requests (empty
-    when none succeeded); ``levels`` maps task to level to count; ``budget_attainment``
-    maps each budget-mix item (except ``none``) to its :class:`BudgetAttainment`;
-    ``errors_by_type`` counts every failure by the server's ``error.type``, ``timeout``
-    or ``connection``.
+    ``achieved_rate`` is ok answers per second of the measured window, ``goodput_rate``
+    ``met`` answers (budget met) per second; ``latency_ms`` holds p50, p90, p99, p99.9, max
+    and mean of successful requests (empty when none succeeded); ``levels`` maps task to
+    level to count; ``budget_attainment`` maps each budget-mix item (except ``none``) to its
+    :class:`BudgetAttainment`; ``errors_by_type`` counts every failure by the server's
+    ``error.type``, ``timeout`` or ``connection``; ``retry_after`` is ``None`` unless the run
+    respected Retry-After.
     """
 
     config: dict[str, Any]
     duration_s: float
     sent: int
     ok: int
+    met: int
     errors: int
     timeouts: int
     not_sent: int
     warmup_sent: int
     offered_rate: float
     achieved_rate: float
+    goodput_rate: float
     latency_ms: dict[str, float]
     latency_cdf: list[tuple[float, float]]
     levels: dict[str, dict[int, int]]
     budget_attainment: dict[str, BudgetAttainment]
     errors_by_type: dict[str, int]
+    retry_after: RetryAfterWaits | None = None
     outcomes: list[Outcome] = field(repr=False, default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (without the per-request outcomes)."""
-        return {
+        data: dict[str, Any] = {
             "config": self.config,
             "duration_s": round(self.duration_s, 3),
             "totals": {
                 "sent": self.sent,
                 "ok": self.ok,
+                "met": self.met,
                 "errors": self.errors,
                 "timeouts": self.timeouts,
                 "not_sent": self.not_sent,
@@ -227,6 +264,7 @@ class LoadReport:
             },
             "offered_rate_rps": round(self.offered_rate, 3),
             "achieved_rate_rps": round(self.achieved_rate, 3),
+            "goodput_rps": round(self.goodput_rate, 3),
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
             "levels": {t: {str(lv): n for lv, n in c.items()} for t, c in self.levels.items()},
             "budget_attainment": {
@@ -235,6 +273,12 @@ class LoadReport:
             },
             "errors_by_type": self.errors_by_type,
         }
+        if self.retry_after is not None:
+            data["retry_after"] = {
+                "waits": self.retry_after.waits,
+                "asked_s": round(self.retry_after.asked_s, 3),
+            }
+        return data
 
     def format_text(self) -> str:
         """The report as the table ``dvn loadtest`` prints."""
@@ -250,8 +294,14 @@ class LoadReport:
             f"{'requests':<11} sent {self.sent}  ok {self.ok}  errors {self.errors}  "
             f"timeouts {self.timeouts}  not sent {self.not_sent}  "
             f"(warm-up: {self.warmup_sent} more, not counted)",
-            f"{'rate':<11} offered {self.offered_rate:.1f}/s  achieved {self.achieved_rate:.1f}/s",
+            f"{'rate':<11} offered {self.offered_rate:.1f}/s  ok {self.achieved_rate:.1f}/s  "
+            f"met {self.goodput_rate:.1f}/s (goodput: {self.met} answers within budget)",
         ]
+        if self.retry_after is not None:
+            lines.append(
+                f"{'retry-after':<11} waited {self.retry_after.waits} times before a next "
+                f"request ({self.retry_after.asked_s:.1f} s asked)"
+            )
         if self.latency_ms:
             cells = "  ".join(f"{k} {v:.2f}" for k, v in self.latency_ms.items() if k != "mean")
             lines.append(f"{'latency ms':<11} {cells}  (of {self.ok} ok)")

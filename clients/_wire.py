@@ -1,19 +1,23 @@
-"""A light HTTP/1.1 transport for ``httpx.AsyncClient`` on raw asyncio streams: what the
-load generator uses so that it, not the server, is not the bottleneck.
+"""A light HTTP/1.1 transport for ``httpx.AsyncClient`` on asyncio streams, its responses
+parsed by httptools (llhttp, the parser of Node.js and uvicorn): what the load generator
+sends through, so that it, not the server, is not the bottleneck.
 
     async with httpx.AsyncClient(base_url=url, transport=WireTransport(max_connections=64)):
         ...
 
-httpx's default transport (httpcore) costs milliseconds of CPU a request under many
-concurrent clients: it asks sniffio which async library runs on every call and scans every
-pooled connection for expiry on every request. This one keeps, per origin, a LIFO of idle
-keep-alive connections and a semaphore bounding connections at ``max_connections``; a
-request is written in one ``write`` (request line, headers, body), the response head read
-with one ``readuntil``, the body by Content-Length, chunks, or until the server closes.
+httpx's default transport (httpcore) asks sniffio which async library runs on every call
+and scans every pooled connection for expiry on every request, which costs milliseconds of
+CPU a request under many concurrent clients. h11 frames both directions but costs about
+1.5x the CPU per request of this (docs/decisions.md). This transport keeps, per origin, a
+LIFO of idle keep-alive connections and a semaphore bounding connections at
+``max_connections``; it writes each request in one ``write`` (request line, headers,
+body), and llhttp reads the response: status line, headers, Content-Length and chunked
+bodies, interim 1xx responses, and whether the connection stays open.
 
-Scope: plain ``http://`` only, HTTP/1.1, request bodies buffered, response bodies read
-whole before the response is returned (no streaming; ``client.stream()`` works but yields
-an already read body). An ``https://`` URL raises :class:`httpx.UnsupportedProtocol`.
+Scope: plain ``http://`` only, HTTP/1.1, request bodies buffered and sent with a
+Content-Length, response bodies read whole before the response is returned (no streaming;
+``client.stream()`` works but yields an already read body). An ``https://`` URL raises
+:class:`httpx.UnsupportedProtocol`.
 
 Failures map to httpx's exceptions, so callers catch what they already catch:
 
@@ -23,7 +27,7 @@ Failures map to httpx's exceptions, so callers catch what they already catch:
 - ``httpx.ReadTimeout``: no response byte within the ``read`` timeout (per read);
 - ``httpx.ReadError``: the socket failed while reading (reset);
 - ``httpx.RemoteProtocolError``: the server closed before or during the response, or sent
-  something that is not HTTP/1.x.
+  something llhttp refuses (the message carries llhttp's reason).
 
 A request on a *reused* idle connection that finds it closed before any response byte
 arrives (the server dropped the keep-alive connection meanwhile) is retried once on a new
@@ -34,21 +38,69 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import httptools
 import httpx
 
 __all__ = ["WireTransport"]
 
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers; more is a protocol error
-_NO_BODY_STATUSES = frozenset({204, 304})
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+READ_SIZE = 64 * 1024
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _Timeouts = tuple[float | None, float | None, float | None, float | None]
 
 
 class _ClosedBeforeResponse(Exception):
     """A connection ended before any byte of the response: safe to retry when reused."""
+
+
+class _Response:
+    """What llhttp's callbacks report of one response (interim 1xx ones are skipped)."""
+
+    __slots__ = ("body", "complete", "headers", "keep_alive", "parser", "reason", "status")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.reason = b""
+        self.status = 0  # set once the head is complete
+        self.keep_alive = False
+        self.complete = False
+
+    def on_message_begin(self) -> None:
+        self.headers, self.body, self.status = [], [], 0
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # Asked here: once the message is complete llhttp has reset for the next one.
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = self.status >= 200
+
+    def ends_at_close(self) -> bool:
+        """Whether the body is delimited by the connection's end: a head is complete and it
+        has neither a Content-Length nor chunked framing (llhttp waits for more data)."""
+        if not self.status:
+            return False
+        names = {name.lower() for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    def version(self) -> bytes:
+        return b"HTTP/" + self.parser.get_http_version().encode("ascii")
 
 
 @dataclass(eq=False)
@@ -77,33 +129,14 @@ class _Pool:
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.limit)
 
+    @property
+    def origin(self) -> str:
+        return f"{self.host}:{self.port}"
+
 
 def _timeouts(request: httpx.Request) -> _Timeouts:
     t: dict[str, Any] = request.extensions.get("timeout", {})
     return t.get("connect"), t.get("read"), t.get("write"), t.get("pool")
-
-
-def _encode_head(request: httpx.Request, body: bytes) -> bytes:
-    """The request line and headers, with Host and (for a body) Content-Length."""
-    url = request.url
-    lines = [request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
-    has_host = has_length = False
-    for name, value in request.headers.raw:
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            continue  # the body is buffered: always sent with a Content-Length
-        if lower == b"host":
-            has_host = True
-        elif lower == b"content-length":
-            has_length = True
-            value = str(len(body)).encode("ascii")
-        lines += [name, b": ", value, b"\r\n"]
-    if not has_host:
-        lines += [b"Host: ", url.netloc, b"\r\n"]
-    if not has_length and (body or request.method.encode("ascii") in _BODY_METHODS):
-        lines += [b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n"]
-    lines.append(b"\r\n")
-    return b"".join(lines)
 
 
 async def _request_body(request: httpx.Request) -> bytes:
@@ -113,91 +146,106 @@ async def _request_body(request: httpx.Request) -> bytes:
         return await request.aread()
 
 
-def _parse_head(head: bytes, request: httpx.Request) -> tuple[bytes, int, bytes, list[Any]]:
-    """(HTTP version, status, reason, raw headers) of a response head ending in CRLFCRLF."""
-    lines = head[:-4].split(b"\r\n")
-    try:
-        version, status_text, *reason = lines[0].split(b" ", 2)
-        status = int(status_text)
-    except ValueError:
-        status = -1
-    if status < 100 or status > 999 or not version.startswith(b"HTTP/1."):
-        raise httpx.RemoteProtocolError(
-            f"not an HTTP/1.x status line: {lines[0][:80]!r}", request=request
-        )
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip():
-            raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}", request=request)
-        headers.append((name, value.strip()))
-    return version, status, reason[0] if reason else b"", headers
+def _encode_head(request: httpx.Request, body: bytes) -> bytes:
+    """The request line and headers. The body is buffered: always a Content-Length (none
+    for a bodiless GET), never Transfer-Encoding; Host from the URL if the caller set none."""
+    url = request.url
+    lines = [request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
+    has_host = False
+    for name, value in request.headers.raw:
+        lower = name.lower()
+        if lower in (b"transfer-encoding", b"content-length"):
+            continue
+        has_host = has_host or lower == b"host"
+        lines += [name, b": ", value, b"\r\n"]
+    if not has_host:
+        lines += [b"Host: ", url.netloc, b"\r\n"]
+    if body or request.method in _BODY_METHODS:
+        lines += [b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
-class _Reader:
-    """Reads one response from a connection under a per-read deadline."""
+class _Exchange:
+    """One request and its response on one connection, under per-read and write deadlines."""
 
-    def __init__(self, conn: _Connection, request: httpx.Request, read_s: float | None) -> None:
-        self.stream = conn.reader
+    def __init__(
+        self, conn: _Connection, request: httpx.Request, origin: str, timeouts: _Timeouts
+    ) -> None:
+        self.conn = conn
         self.request = request
-        self.read_s = read_s
-        self.started = False  # any byte of the response seen
+        self.origin = origin
+        _, self.read_s, self.write_s, _ = timeouts
+        self.received = 0  # bytes of the response seen
 
-    async def _io(self, what: Any) -> bytes:
+    async def send(self, data: bytes) -> None:
+        writer = self.conn.writer
+        try:
+            writer.write(data)
+            if writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(self.write_s):
+                    await writer.drain()
+        except TimeoutError:
+            raise httpx.WriteTimeout(
+                "timed out sending the request", request=self.request
+            ) from None
+        except OSError as e:
+            if self.conn.reused:
+                raise _ClosedBeforeResponse from e
+            raise httpx.WriteError(str(e) or type(e).__name__, request=self.request) from e
+
+    async def _read(self) -> bytes:
         try:
             if self.read_s is None:
-                data: bytes = await what
+                data = await self.conn.reader.read(READ_SIZE)
             else:
                 async with asyncio.timeout(self.read_s):
-                    data = await what
+                    data = await self.conn.reader.read(READ_SIZE)
         except TimeoutError:
             raise httpx.ReadTimeout(
                 "timed out reading the response", request=self.request
             ) from None
-        except asyncio.IncompleteReadError as e:
-            if not self.started and not e.partial:
-                raise _ClosedBeforeResponse from None
-            raise httpx.RemoteProtocolError(
-                "server disconnected in the middle of a response", request=self.request
-            ) from None
-        except asyncio.LimitOverrunError:
-            raise httpx.RemoteProtocolError(
-                f"response head or chunk line over {MAX_HEAD_BYTES} bytes", request=self.request
-            ) from None
         except OSError as e:
-            if not self.started:
+            if not self.received:
                 raise _ClosedBeforeResponse from e
             raise httpx.ReadError(str(e) or type(e).__name__, request=self.request) from e
-        self.started = True
+        if not data and not self.received:
+            raise _ClosedBeforeResponse
+        self.received += len(data)
         return data
 
-    async def head(self) -> bytes:
-        return await self._io(self.stream.readuntil(b"\r\n\r\n"))
+    def _protocol_error(self, reason: str) -> httpx.RemoteProtocolError:
+        return httpx.RemoteProtocolError(
+            f"bad response from {self.origin}: {reason}", request=self.request
+        )
 
-    async def exactly(self, n: int) -> bytes:
-        return await self._io(self.stream.readexactly(n))
-
-    async def chunked(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            line = await self._io(self.stream.readuntil(b"\r\n"))
+    async def response(self) -> tuple[httpx.Response, bool]:
+        """The final response, its body read whole, and whether the connection may carry
+        another request."""
+        r = _Response()
+        head_only = self.request.method == "HEAD"  # llhttp would wait for its body
+        while not (r.complete or (head_only and r.status >= 200)):
+            data = await self._read()
+            if not data:
+                if r.ends_at_close():
+                    r.keep_alive = False
+                    break
+                raise self._protocol_error("server disconnected in the middle of a response")
             try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise httpx.RemoteProtocolError(
-                    f"bad chunk size line {line[:40]!r}", request=self.request
-                ) from None
-            if size == 0:
-                while await self._io(self.stream.readuntil(b"\r\n")) != b"\r\n":
-                    pass  # trailers: read and drop
-                return b"".join(parts)
-            chunk = await self.exactly(size + 2)
-            if chunk[-2:] != b"\r\n":
-                raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=self.request)
-            parts.append(chunk[:-2])
-
-    async def until_close(self) -> bytes:
-        return await self._io(self.stream.read())
+                r.parser.feed_data(data)
+            except httptools.HttpParserError as e:
+                raise self._protocol_error(str(e)) from e
+            if not r.status and self.received > MAX_HEAD_BYTES:
+                raise self._protocol_error(f"response head over {MAX_HEAD_BYTES} bytes")
+        body = r.body[0] if len(r.body) == 1 else b"".join(r.body)
+        response = httpx.Response(
+            r.status,
+            headers=r.headers,
+            stream=httpx.ByteStream(body),
+            extensions={"http_version": r.version(), "reason_phrase": r.reason},
+            request=self.request,
+        )
+        return response, r.keep_alive
 
 
 class WireTransport(httpx.AsyncBaseTransport):
@@ -214,6 +262,9 @@ class WireTransport(httpx.AsyncBaseTransport):
         self._pools: dict[tuple[str, int], _Pool] = {}
         self._open: set[_Connection] = set()
         self._closed = False
+        # The encoded head of each request object while it lives: the load generator
+        # sends each request it builds many times.
+        self._heads: weakref.WeakKeyDictionary[httpx.Request, bytes] = weakref.WeakKeyDictionary()
 
     @property
     def open_connections(self) -> int:
@@ -243,15 +294,15 @@ class WireTransport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(connect_s):
                 reader, writer = await asyncio.open_connection(
-                    pool.host, pool.port, limit=MAX_HEAD_BYTES
+                    pool.host, pool.port, limit=READ_SIZE
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(
-                f"no connection to {pool.host}:{pool.port} within {connect_s} s", request=request
+                f"no connection to {pool.origin} within {connect_s} s", request=request
             ) from None
         except OSError as e:
             raise httpx.ConnectError(
-                f"cannot connect to {pool.host}:{pool.port}: {e}", request=request
+                f"cannot connect to {pool.origin}: {e}", request=request
             ) from e
         conn = _Connection(reader, writer)
         self._open.add(conn)
@@ -272,9 +323,13 @@ class WireTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         pool = self._pool(request)
-        connect_s, read_s, write_s, pool_s = _timeouts(request)
+        timeouts = _timeouts(request)
+        connect_s, _, _, pool_s = timeouts
         body = await _request_body(request)
-        data = _encode_head(request, body) + body
+        head = self._heads.get(request)
+        if head is None:
+            head = self._heads[request] = _encode_head(request, body)
+        data = head + body
         try:
             if pool.slots.locked():
                 async with asyncio.timeout(pool_s):
@@ -283,21 +338,24 @@ class WireTransport(httpx.AsyncBaseTransport):
                 await pool.slots.acquire()  # free: returns at once
         except TimeoutError:
             raise httpx.PoolTimeout(
-                f"no free connection to {pool.host}:{pool.port} within {pool_s} s "
+                f"no free connection to {pool.origin} within {pool_s} s "
                 f"({self.max_connections} in use)",
                 request=request,
             ) from None
         try:
             conn = self._idle(pool) or await self._connect(pool, request, connect_s)
             for attempt in (1, 2):
+                exchange = _Exchange(conn, request, pool.origin, timeouts)
                 try:
-                    response, keep = await self._exchange(conn, request, data, read_s, write_s)
+                    await exchange.send(data)
+                    response, keep = await exchange.response()
                     break
                 except _ClosedBeforeResponse as e:
                     self._discard(conn)
                     if attempt == 2 or not conn.reused:
                         raise httpx.RemoteProtocolError(
-                            "server disconnected without sending a response", request=request
+                            f"{pool.origin}: server disconnected without sending a response",
+                            request=request,
                         ) from e.__cause__
                     conn = await self._connect(pool, request, connect_s)
                 except BaseException:
@@ -311,78 +369,6 @@ class WireTransport(httpx.AsyncBaseTransport):
             return response
         finally:
             pool.slots.release()
-
-    async def _exchange(
-        self,
-        conn: _Connection,
-        request: httpx.Request,
-        data: bytes,
-        read_s: float | None,
-        write_s: float | None,
-    ) -> tuple[httpx.Response, bool]:
-        """Send ``data`` on ``conn`` and read the response; returns it and whether the
-        connection may carry another request."""
-        writer = conn.writer
-        try:
-            writer.write(data)
-            if writer.transport.get_write_buffer_size():
-                async with asyncio.timeout(write_s):
-                    await writer.drain()
-        except TimeoutError:
-            raise httpx.WriteTimeout("timed out sending the request", request=request) from None
-        except OSError as e:
-            if conn.reused:
-                raise _ClosedBeforeResponse from e
-            raise httpx.WriteError(str(e) or type(e).__name__, request=request) from e
-        reader = _Reader(conn, request, read_s)
-        while True:
-            version, status, reason, headers = _parse_head(await reader.head(), request)
-            if status >= 200 or status == 101:
-                break  # 1xx interim responses (100 Continue) carry no body: skip them
-        keep = (
-            version == b"HTTP/1.1"
-            and b"close" not in request.headers.get("connection", "").encode("latin-1").lower()
-        )
-        length: int | None = None
-        chunked = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = -1
-                if length < 0:
-                    raise httpx.RemoteProtocolError(
-                        f"bad Content-Length {value[:40]!r}", request=request
-                    )
-            elif lower == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif lower == b"connection":
-                tokens = value.lower()
-                if b"close" in tokens:
-                    keep = False
-                elif b"keep-alive" in tokens:
-                    keep = True
-        if status < 200:
-            content, keep = b"", False  # 101: the connection is no longer HTTP/1.1
-        elif request.method == "HEAD" or status in _NO_BODY_STATUSES:
-            content = b""
-        elif chunked:
-            content = await reader.chunked()
-        elif length is not None:
-            content = await reader.exactly(length) if length else b""
-        else:
-            content = await reader.until_close()
-            keep = False
-        response = httpx.Response(
-            status,
-            headers=headers,
-            stream=httpx.ByteStream(content),
-            extensions={"http_version": version, "reason_phrase": reason},
-            request=request,
-        )
-        return response, keep
 
     async def aclose(self) -> None:
         """Close every connection, idle or in use; later requests raise RuntimeError."""

@@ -38,11 +38,15 @@ EXAMPLES_LOADTEST = """examples:
   dvn loadtest http://127.0.0.1:8000 --mode closed --concurrency 16 --json lt.json
   dvn loadtest http://127.0.0.1:8000 --mode closed --max-requests 20000 --duration 600
   dvn loadtest http://127.0.0.1:8000 --task-mix "digits:0.8,shapes:0.2" --level 1
+  dvn loadtest http://127.0.0.1:8000 --mode closed --concurrency 64 --budget-mix 10ms:1 \
+      --respect-retry-after
 
 Mixes are ITEM:WEIGHT,... (weights need not sum to 1). A budget of two constraints is
 written 15ms+2MiB; `none` means no budget. Open loop (default) sends Poisson arrivals at
 --rate whatever the responses do and measures latency from each arrival; closed loop runs
---concurrency workers that each wait for their response before the next request.
+--concurrency workers that each wait for their response before the next request (and,
+with --respect-retry-after, for a 429/503's Retry-After too). "met" is the goodput: answers
+whose budget was met, per second.
 """
 
 
@@ -101,6 +105,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--max-outstanding", type=int, default=256, help="open loop: in-flight cap (256)"
+    )
+    p.add_argument(
+        "--respect-retry-after",
+        action="store_true",
+        help="closed loop: after a 429/503 with Retry-After, a worker waits that long "
+        "(default: sends again at once, as a client that ignores it would)",
     )
     p.add_argument(
         "--http-client",
@@ -220,6 +230,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         max_outstanding=args.max_outstanding,
         max_requests=args.max_requests,
+        respect_retry_after=args.respect_retry_after,
         api_key=_api_key(args),
         progress=not args.quiet,
         http_client=args.http_client,

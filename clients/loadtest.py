@@ -9,16 +9,18 @@ Open loop: arrival times come from a Poisson process at ``rate``; each request i
 its arrival time however slow the responses are, and its latency is measured from that
 arrival time (no coordinated omission); arrivals finding
 ``max_outstanding`` requests in flight are dropped and counted as ``not_sent``. Closed
-loop: ``concurrency`` workers each send a request, wait for it, and send the next.
+loop: ``concurrency`` workers each send a request, wait for it, and send the next; with
+``respect_retry_after`` a worker refused with 429 or 503 and a ``Retry-After`` waits that
+long first (as a well-behaved client does; off by default, since not every client behaves).
 ``max_requests`` ends the measured window early, once that many requests were sent in it
 (a soak of a fixed size); rates are then per second of the window it took.
 
 HTTP: ``http_client="wire"`` (the default) sends ``http://`` requests through the light
-transport of ``clients/_wire.py``, which costs well under a millisecond of CPU a request
-where httpx's own transport costs several (docs/benchmarks.md); ``"httpx"`` uses httpx's
-own, and ``https://`` URLs always do. An injected ``transport`` overrides both. The light
-transport connects to the URL itself (``HTTP_PROXY`` and the like are not used: use
-``httpx`` to load a server through a proxy).
+transport of ``clients/_wire.py`` (httptools parses the responses), which costs a fraction of
+a millisecond of CPU a request where httpx's own transport costs several under many clients
+(docs/benchmarks.md); ``"httpx"`` uses httpx's own, and ``https://`` URLs always do. An
+injected ``transport`` overrides both. The light transport connects to the URL itself
+(``HTTP_PROXY`` and the like are not used: use ``httpx`` to load a server through a proxy).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class LoadTestConfig:
     pool_size: int = 16
     max_requests: int | None = None
     progress: bool = False
+    respect_retry_after: bool = False
     http_client: HttpClient = "wire"
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
 
@@ -96,6 +99,11 @@ class LoadTestConfig:
             (
                 self.max_requests is None or self.max_requests >= 1,
                 f"max_requests must be >= 1, got {self.max_requests}",
+            ),
+            (
+                not self.respect_retry_after or self.mode == "closed",
+                "respect_retry_after needs the closed loop (mode='closed', --mode closed): "
+                "open-loop arrivals do not wait for answers",
             ),
         ]
         for ok, message in checks:
@@ -176,7 +184,7 @@ class _Run:
         http: httpx.AsyncClient,
         config: LoadTestConfig,
         workload: _Workload,
-        direct: WireTransport | None = None,
+        direct: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.http = http
         self.direct = direct
@@ -224,11 +232,12 @@ class _Run:
         return request
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
-        """The answer to ``request``. Through the light transport the client is skipped:
-        what it adds per request (cookie extraction through urllib's adapters, auth and
-        redirect wrappers, stream bookkeeping) is a third of the generator's remaining CPU,
-        and an infer call uses none of it (no cookies, no redirects, the API key is a header
-        of the built request)."""
+        """The answer to ``request``. With a transport chosen here (the light one, or one
+        the config injects) the client is skipped: what it adds per request (cookie
+        extraction through urllib's adapters, auth and redirect wrappers, stream
+        bookkeeping) is a third of the generator's remaining CPU, and an infer call uses
+        none of it (no cookies, no redirects, the API key is a header of the built
+        request)."""
         if self.direct is None:
             return await self.http.send(request)
         response = await self.direct.handle_async_request(request)
@@ -236,16 +245,20 @@ class _Run:
         await response.aread()
         return response
 
-    async def _request(self, task: str, budget: str, example: int, start: float) -> None:
-        """Send one request whose clock started at ``start`` and record how it ended."""
+    async def _request(self, task: str, budget: str, example: int, start: float) -> float | None:
+        """Send one request whose clock started at ``start`` and record how it ended; return
+        the Retry-After of a 429 or 503 answer (seconds), else ``None``."""
         measured = start >= self.measure_from
         level: int | None = None
         met: bool | None = None
         error_type: str | None = None
+        retry_after: float | None = None
+        status: int | None = None
         kind: Literal["ok", "error", "timeout"] = "ok"
         try:
             async with asyncio.timeout(self.config.timeout):
                 response = await self._send(self._built(task, budget, example))
+            status = response.status_code
             result = protocol.parse_infer(response)
             level, met = result.level, result.budget_met
         except (TimeoutError, httpx.TimeoutException):
@@ -253,17 +266,20 @@ class _Run:
         except httpx.TransportError:
             kind, error_type = "error", "connection"
         except DVNError as e:
-            kind, error_type = "error", e.type or f"http_{e.status}"
+            kind, error_type, status = "error", e.type or f"http_{e.status}", e.status
+            if e.status in (429, 503):
+                retry_after = e.retry_after
         except Exception as e:  # every sent request must end in an outcome
             kind, error_type = "error", f"client_{type(e).__name__}"
         latency = time.perf_counter() - start
         outcome = Outcome(
-            task, budget, start - self.measure_from, latency, kind, level, met, error_type
+            task, budget, start - self.measure_from, latency, kind, level, met, error_type, status
         )
         self.recorder.on_done(outcome, measured)
+        return retry_after
 
     async def open_loop(self) -> None:
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: set[asyncio.Task[float | None]] = set()
         arrival = self.t0
         while True:
             arrival += self.rng.expovariate(self.config.rate)
@@ -287,11 +303,17 @@ class _Run:
         async def worker() -> None:
             while (start := time.perf_counter()) < self.end and not self._capped(start):
                 task, budget, example = self._pick()
-                self.recorder.on_sent(start >= self.measure_from)
-                await self._request(task, budget, example, start)
-                # Let other tasks run: against an in-process app an instant answer (a 429)
+                measured = start >= self.measure_from
+                self.recorder.on_sent(measured)
+                wait = await self._request(task, budget, example, start)
+                pause = 0.0
+                if wait is not None and self.config.respect_retry_after:
+                    self.recorder.on_retry_wait(wait, measured)
+                    # Never past the run's end: that would only delay the report.
+                    pause = max(0.0, min(wait, self.end - time.perf_counter()))
+                # Sleep even for 0 s: against an in-process app an instant answer (a 429)
                 # never suspends, and the workers would starve the server's own tasks.
-                await asyncio.sleep(0)
+                await asyncio.sleep(pause)
 
         await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
 
@@ -337,6 +359,7 @@ def _describe(config: LoadTestConfig, workload: _Workload) -> dict[str, Any]:
         described |= {"rate": config.rate, "max_outstanding": config.max_outstanding}
     else:
         described["concurrency"] = config.concurrency
+        described["respect_retry_after"] = config.respect_retry_after
     if config.max_requests is not None:
         described["max_requests"] = config.max_requests
     return described | {
@@ -371,10 +394,13 @@ async def arun_loadtest(config: LoadTestConfig) -> LoadReport:
             workload = await _discover(http, config)
         except httpx.TransportError as e:
             raise protocol.transport_error(e, protocol.models_call(), http.base_url) from e
-        direct = transport if isinstance(transport, WireTransport) else None
-        run = _Run(http, config, workload, direct)
+        run = _Run(http, config, workload, direct=transport)
         await run.run()
-    return run.recorder.report(_describe(config, workload), run.window_s())
+    return run.recorder.report(
+        _describe(config, workload),
+        run.window_s(),
+        respect_retry_after=config.respect_retry_after,
+    )
 
 
 def run_loadtest(config: LoadTestConfig) -> LoadReport:

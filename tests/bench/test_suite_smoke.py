@@ -18,7 +18,7 @@ from model_store.checkpoint import read_manifest
 from server.settings import demo_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTTED = ("levels", "peers", "memory", "budgets")
+PLOTTED = ("levels", "peers", "memory", "budgets", "overload")
 
 
 def top_level(task: str = "shapes") -> int:
@@ -71,6 +71,15 @@ def test_budgets_ran_three_policies_at_each_load(suite: tuple[Path, Path]) -> No
     assert len(data["goals"]) == 2
 
 
+def test_overload_swept_closed_and_open_loop(suite: tuple[Path, Path]) -> None:
+    rows = json.loads((suite[0] / "overload.json").read_text())["rows"]
+    assert [(r["mode"], r.get("factor", r.get("load"))) for r in rows] == [
+        *(("closed", f) for f in (1, 2, 4, 8, 16)),
+        *(("open", x) for x in (0.5, 0.9, 1.0, 1.5, 2.0, 4.0)),
+    ]
+    assert all(r["sent"] > 0 for r in rows)
+
+
 def test_memory_readings_are_positive(suite: tuple[Path, Path]) -> None:
     data = json.loads((suite[0] / "memory.json").read_text())
     for key in ("bare_torch_rss", "bare_web_rss", "server_rss_warm", "server_rss_loaded"):
@@ -82,9 +91,10 @@ def test_docs_page_has_goals_sections_and_working_plot_links(suite: tuple[Path, 
     _, docs = suite
     page = docs.read_text()
     assert "## Goals" in page
-    parts_with_goals = ("| levels |", "| serve |", "| peers |", "| memory |", "| budgets |")
+    parts_with_goals = ("| levels |", "| serve |", "| peers |", "| memory |", "| budgets |",
+                        "| overload |")  # fmt: skip
     goal_rows = [line for line in page.splitlines() if line.startswith(parts_with_goals)]
-    assert len(goal_rows) == 7  # levels 1, serve 1, peers 2, memory 1, budgets 2
+    assert len(goal_rows) == 9  # levels 1, serve 1, peers 2, memory 1, budgets 2, overload 2
     assert all(row.rstrip().endswith(("| met |", "| **NOT met** |")) for row in goal_rows)
     for part in PARTS:
         assert (suite[0] / f"{part}.md").read_text().splitlines()[0] in page
@@ -94,7 +104,7 @@ def test_docs_page_has_goals_sections_and_working_plot_links(suite: tuple[Path, 
 
 
 @pytest.mark.parametrize(
-    "part", ["peers", "memory", "budgets", "all", "levels", "serve", "transport"]
+    "part", ["peers", "memory", "budgets", "all", "levels", "serve", "transport", "overload"]
 )
 def test_each_part_has_its_own_command(part: str) -> None:
     args = build_parser().parse_args(["bench", part, "--out", "x"])

@@ -16,6 +16,7 @@ from PIL import Image
 import clients.cli
 from tests.clients.fakes import (
     INFER_RESPONSE,
+    MODELS_RESPONSE,
     FakeServer,
     Recorder,
     decode_npy,
@@ -178,3 +179,24 @@ def test_progress_line_on_stderr(
     progress = stderr.getvalue()
     assert progress.count("\r") >= 2
     assert "sent" in progress and "ok" in progress and "p50" in progress and "/s" in progress
+
+
+def test_loadtest_respect_retry_after(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    busy = Recorder(
+        httpx.Response(200, json=MODELS_RESPONSE),
+        error_response(429, "server_busy", "busy", retry_after="30"),
+    )
+    monkeypatch.setattr(clients.cli, "_transport", lambda: busy.transport)
+    argv = ["loadtest", "http://dvn.test", "--mode", "closed", "--concurrency", "3"]
+    argv += ["--duration", "0.3", "--warmup", "0", "--quiet", "--respect-retry-after"]
+    assert run([*argv, "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["totals"]["sent"] == report["totals"]["errors"] == 3  # then each waited
+    assert report["retry_after"] == {"waits": 3, "asked_s": 90.0}
+    assert "retry-after waited 3 times before a next request (90.0 s asked)" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(ValueError, match="respect_retry_after needs the closed loop"):
+        run(["loadtest", "http://dvn.test", "--respect-retry-after", "--quiet"])

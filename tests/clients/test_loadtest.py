@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from clients import errors
 from clients._plot import plot_report
 from clients.loadtest import LoadTestConfig, arun_loadtest, run_loadtest
-from tests.clients.fakes import FakeServer
+from tests.clients.fakes import MODELS_RESPONSE, FakeServer, error_response
 
 URL = "http://dvn.test"
 
@@ -43,6 +44,8 @@ async def test_open_loop_accounts_for_every_request() -> None:
         k: v for k, v in (("queue_full", report.errors), ("timeout", report.timeouts)) if v
     }
     assert report.timeouts > 0 and report.errors > 0
+    statuses = Counter(o.status for o in report.outcomes)
+    assert statuses == {200: report.ok, 429: report.errors, None: report.timeouts}
     # Level mix and budget attainment are what the server answered.
     levels = {(t, lv): n for t, per in report.levels.items() for lv, n in per.items()}
     assert levels == dict(fake.levels)
@@ -53,6 +56,10 @@ async def test_open_loop_accounts_for_every_request() -> None:
     assert attained["1MiB"].rate == 1.0
     assert sum(a.ok for a in attained.values()) == report.ok
     assert sum(a.sent for a in attained.values()) == report.sent
+    # Goodput: the answers the fake said met their budget (all but 5ms's), per second.
+    met = sum(n for (budget, ok), n in fake.budgets.items() if ok)
+    assert report.met == met == attained["20ms"].met + attained["1MiB"].met > 0
+    assert report.goodput_rate == pytest.approx(met / 1.0)
     # HDR percentiles of the ok requests: the fake takes 3 ms, nothing ok took 1.5 s.
     assert list(report.latency_ms) == ["p50", "p90", "p99", "p99.9", "max", "mean"]
     lat = report.latency_ms
@@ -162,6 +169,13 @@ async def test_bad_mix_fails_before_any_request(kwargs: dict[str, Any], match: s
         ({"budget_mix": "5ms:-1"}, "weight of '5ms' must be positive"),
         ({"duration": 0}, "duration must be > 0"),
         ({"max_requests": 0}, "max_requests must be >= 1, got 0"),
+        (
+            {"respect_retry_after": True},
+            re.escape(
+                "respect_retry_after needs the closed loop (mode='closed', --mode closed): "
+                "open-loop arrivals do not wait for answers"
+            ),
+        ),
     ],
 )
 def test_config_is_validated(kwargs: dict[str, Any], match: str) -> None:
@@ -182,15 +196,88 @@ def test_server_down_is_a_connection_error() -> None:
 
 def test_report_json_and_plot(tmp_path: Path) -> None:
     fake = FakeServer(fail_every=5)
-    report = run_loadtest(config(fake, rate=150, duration=0.6, budget_mix="5ms:1,none:1"))
+    report = run_loadtest(config(fake, rate=150, duration=0.6, budget_mix="5ms:1,20ms:1,none:1"))
     data = json.loads(json.dumps(report.to_dict()))
     totals = data["totals"]
     assert totals["sent"] == totals["ok"] + totals["errors"] + totals["timeouts"] == fake.count
+    # Goodput counts 20ms's answers only: 5ms is always missed, none has nothing to meet.
+    assert totals["met"] == fake.budgets[("20ms", True)] == data["budget_attainment"]["20ms"]["met"]
+    assert data["goodput_rps"] == round(totals["met"] / 0.6, 3)
+    assert data["achieved_rate_rps"] == round(totals["ok"] / 0.6, 3)
+    assert "retry_after" not in data  # only when it was respected
     assert data["errors_by_type"] == {"queue_full": fake.intended["queue_full"]}
     assert set(data["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max", "mean"}
     assert data["budget_attainment"]["5ms"]["rate"] == 0.0
-    assert data["config"]["budget_mix"] == "5ms:1,none:1"
+    assert data["config"]["budget_mix"] == "5ms:1,20ms:1,none:1"
     text = report.format_text()
     assert "p99.9" in text and "queue_full" in text and "5ms" in text
+    rate_line = next(line for line in text.splitlines() if line.startswith("rate "))
+    assert rate_line == (
+        f"rate        offered {report.offered_rate:.1f}/s  ok {report.achieved_rate:.1f}/s  "
+        f"met {report.goodput_rate:.1f}/s (goodput: {totals['met']} answers within budget)"
+    )
     png = plot_report(report, tmp_path / "lt.png")
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+class Refuser:
+    """Answers every infer request with ``status`` and a Retry-After of ``retry_after``
+    seconds (``None``: no header); counts them."""
+
+    def __init__(self, status: int, type_: str, retry_after: str | None) -> None:
+        self.status, self.type, self.retry_after = status, type_, retry_after
+        self.count = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json=MODELS_RESPONSE)
+        self.count += 1
+        return error_response(self.status, self.type, "busy", retry_after=self.retry_after)
+
+
+def refusing(refuser: Refuser, **kwargs: Any) -> LoadTestConfig:
+    # Two workers, 0.3 s: a 30 s Retry-After outlasts the run, so a worker that honours it
+    # sends exactly one request; one that ignores it sends many.
+    return LoadTestConfig(
+        URL, mode="closed", concurrency=2, duration=0.3, warmup=0.0, timeout=5.0,
+        task_mix="digits:1", transport=httpx.MockTransport(refuser), **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "type_"), [(429, "queue_full"), (429, "server_busy"), (503, "not_ready")]
+)
+async def test_closed_loop_workers_wait_out_retry_after_when_asked(status: int, type_: str) -> None:
+    refuser = Refuser(status, type_, "30")
+    report = await arun_loadtest(refusing(refuser, respect_retry_after=True))
+    assert report.sent == refuser.count == report.errors == 2  # one per worker, then waiting
+    assert report.errors_by_type == {type_: 2}
+    assert report.retry_after is not None
+    assert (report.retry_after.waits, report.retry_after.asked_s) == (2, 60.0)
+    assert report.duration_s == 0.3  # the waits were cut at the end of the run
+    data = report.to_dict()
+    assert data["retry_after"] == {"waits": 2, "asked_s": 60.0}
+    assert data["config"]["respect_retry_after"] is True
+    assert "retry-after waited 2 times before a next request (60.0 s asked)" in (
+        report.format_text().splitlines()
+    )
+
+
+async def test_closed_loop_ignores_retry_after_by_default() -> None:
+    refuser = Refuser(429, "queue_full", "30")
+    report = await arun_loadtest(refusing(refuser))
+    assert report.sent == refuser.count > 2
+    assert report.retry_after is None and report.config["respect_retry_after"] is False
+
+
+@pytest.mark.parametrize(
+    ("status", "type_", "retry_after"),
+    [(504, "deadline_exceeded", "30"), (429, "queue_full", None)],
+)
+async def test_only_a_429_or_503_with_retry_after_makes_a_worker_wait(
+    status: int, type_: str, retry_after: str | None
+) -> None:
+    refuser = Refuser(status, type_, retry_after)
+    report = await arun_loadtest(refusing(refuser, respect_retry_after=True))
+    assert report.sent == refuser.count > 2
+    assert report.retry_after is not None and report.retry_after.waits == 0

@@ -2,9 +2,9 @@
 
 Prometheus's own /metrics stands in for dvn-serve here, so the helper is
 proven before a server exists: the scrape shows up as `up{job="dvn"}`, the
-alert rules load, every dashboard and alert expression is valid PromQL (empty
-results are fine: the dvn_* series are absent), and a broken expression
-raises with Prometheus's own message.
+alert and recording rules load, every dashboard, alert and recording expression is
+valid PromQL (empty results are fine: the dvn_* series are absent), and a broken
+expression raises with Prometheus's own message.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 from tests.integration.promql import (
     ALERTS_PATH,
     DASHBOARD_PATH,
+    RECORDING_PATH,
     PrometheusError,
     PrometheusHandle,
     alert_expressions,
@@ -39,6 +40,9 @@ pytestmark = pytest.mark.skipif(
 
 DASHBOARD_EXPRESSIONS = dashboard_expressions()
 ALERT_EXPRESSIONS = alert_expressions()
+RECORDING_EXPRESSIONS = alert_expressions(RECORDING_PATH)
+ALERTS = {"DVNBudgetMissRatioHigh", "DVNQueueNearCapacity", "DVNServerErrors", "DVNDown"}
+RECORDED = {"dvn:goodput:rate1m", "dvn:answered:rate1m", "dvn:shed:rate1m"}
 
 # The metrics of DESIGN.md (plus the queue bound and what selection weighs) the dashboard
 # must show.
@@ -114,12 +118,7 @@ def test_self_scrape_is_up(prometheus: PrometheusHandle) -> None:
 def test_alert_rules_are_loaded(prometheus: PrometheusHandle) -> None:
     body = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()
     loaded = {rule["name"] for g in body["data"]["groups"] for rule in g["rules"]}
-    assert loaded == {
-        "DVNBudgetMissRatioHigh",
-        "DVNQueueNearCapacity",
-        "DVNServerErrors",
-        "DVNDown",
-    }
+    assert loaded == ALERTS | RECORDED
     health = {rule["name"]: rule["health"] for g in body["data"]["groups"] for rule in g["rules"]}
     assert "err" not in health.values(), health
 
@@ -129,8 +128,8 @@ def test_dashboard_expression_evaluates(prometheus: PrometheusHandle, expr: str)
     assert isinstance(prometheus.query(expr), list)
 
 
-@pytest.mark.parametrize("expr", ALERT_EXPRESSIONS)
-def test_alert_expression_evaluates(prometheus: PrometheusHandle, expr: str) -> None:
+@pytest.mark.parametrize("expr", ALERT_EXPRESSIONS + RECORDING_EXPRESSIONS)
+def test_alert_and_recording_expression_evaluates(prometheus: PrometheusHandle, expr: str) -> None:
     assert isinstance(prometheus.query(expr), list)
 
 
@@ -188,6 +187,7 @@ def _exposition(n: int) -> str:
     lines = [
         f'dvn_requests_total{{{_SERIES.format(level=0)},outcome="ok"}} {10 * n}',
         f'dvn_requests_total{{{_SERIES.format(level=1)},outcome="error"}} {n}',
+        f'dvn_requests_total{{task="digits",level="none",outcome="rejected"}} {3 * n}',
         f'dvn_unit_requests_total{{unit="0",task="digits"}} {10 * n}',
         f'dvn_unit_requests_total{{unit="1",task="digits"}} {n}',
         f'dvn_unit_examples_total{{unit="0"}} {20 * n}',
@@ -246,8 +246,11 @@ def fed_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometh
     try:
         target = f"127.0.0.1:{server.server_address[1]}"
         with run_prometheus(target, tmp_path_factory.mktemp("fake-dvn")) as handle:
-            # Two scrapes at least, so every rate() over 1m has data.
+            # Two scrapes at least, so every rate() over 1m has data, and the recording
+            # rules evaluated since (the goodput panel reads what they record).
             handle.wait_for("count_over_time(dvn_inflight_requests[1m]) >= 3", bool, timeout=20)
+            for recorded in sorted(RECORDED):
+                handle.wait_for(recorded, bool, timeout=20)
             yield handle
     finally:
         server.shutdown()

@@ -6,10 +6,11 @@ the metrics a live server exports.
 
 - `dashboard_expressions(path)`: every target `expr` of a Grafana dashboard,
   with Grafana's variables replaced by values Prometheus accepts.
-- `alert_expressions(path)`: every `expr` of a Prometheus rules file.
+- `alert_expressions(path)`: every `expr` of a Prometheus rules file (the alerts by
+  default; `RECORDING_PATH` for the recording rules).
 - `run_prometheus(target, tmp_path)`: a context manager that starts the
   `prometheus` binary scraping `target` as job "dvn", with the project's alert
-  rules loaded, and yields a `PrometheusHandle` to query it.
+  and recording rules loaded, and yields a `PrometheusHandle` to query it.
 
 Errors: `PrometheusError` (Prometheus would not start, or answered a query
 with an error; the message is Prometheus's own), `TimeoutError` from
@@ -36,6 +37,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_PATH = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "dvn.json"
 ALERTS_PATH = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
+RECORDING_PATH = REPO_ROOT / "deploy" / "prometheus" / "recording.yml"
 
 # Grafana's built-in interval variables, with the values a test query uses.
 GRAFANA_BUILTINS: dict[str, str] = {
@@ -175,13 +177,16 @@ class PrometheusHandle:
 
 
 def _write_config(
-    directory: Path, scrape_target: str, scrape_interval: str, alerts_path: Path
+    directory: Path, scrape_target: str, scrape_interval: str, rules: list[Path]
 ) -> Path:
-    rules_copy = directory / "alerts.yml"
-    shutil.copyfile(alerts_path, rules_copy)
+    copies = []
+    for i, path in enumerate(rules):
+        copy = directory / f"rules-{i}-{path.name}"
+        shutil.copyfile(path, copy)
+        copies.append(copy.name)
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "rule_files": [rules_copy.name],  # relative to the config file, as in deploy/
+        "rule_files": copies,  # relative to the config file, as in deploy/
         "scrape_configs": [
             {"job_name": "dvn", "static_configs": [{"targets": [scrape_target]}]},
         ],
@@ -232,11 +237,12 @@ def run_prometheus(
     *,
     port: int | None = None,
     alerts_path: Path = ALERTS_PATH,
+    recording_path: Path = RECORDING_PATH,
     ready_timeout: float = 30.0,
 ) -> Iterator[PrometheusHandle]:
     """Start Prometheus scraping `scrape_target` (`host:port`) as job "dvn"; stop it on exit.
 
-    The config and a copy of the alert rules are written to `tmp_path`, the
+    The config and a copy of the alert and recording rules are written to `tmp_path`, the
     TSDB lives in `tmp_path/data`, and Prometheus listens on 127.0.0.1:`port`
     (a free port when `port` is None; pass one to let Prometheus scrape
     itself). The first scrape lands about 5 s after start (Prometheus batches
@@ -253,7 +259,9 @@ def run_prometheus(
         )
     directory = tmp_path / "prometheus"
     directory.mkdir(parents=True, exist_ok=True)
-    config_path = _write_config(directory, scrape_target, scrape_interval, alerts_path)
+    config_path = _write_config(
+        directory, scrape_target, scrape_interval, [alerts_path, recording_path]
+    )
     listen = f"127.0.0.1:{port if port is not None else free_port()}"
     log_path = directory / "prometheus.log"
     with log_path.open("wb") as log:

@@ -1,5 +1,6 @@
 """A real Prometheus scraping a real ``dvn serve``: the unit-usage and budget series hold the
-values the requests imply, and every dashboard and alert expression evaluates."""
+values the requests imply, the alert and recording rules load, and every dashboard, alert
+and recording expression evaluates."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ import pytest
 from bench._process import dvn_serve
 from model_store.checkpoint import read_manifest
 from server.settings import demo_checkpoint
-from tests.integration.promql import alert_expressions, dashboard_expressions, run_prometheus
+from tests.integration.promql import (
+    RECORDING_PATH,
+    alert_expressions,
+    dashboard_expressions,
+    run_prometheus,
+)
 
 DEMO = demo_checkpoint()
 
@@ -102,7 +108,9 @@ def test_budget_and_request_series(served) -> None:  # type: ignore[no-untyped-d
     assert scalar(pinned) == 5 + 4 + 1
 
 
-@pytest.mark.parametrize("expr", dashboard_expressions() + alert_expressions())
+@pytest.mark.parametrize(
+    "expr", dashboard_expressions() + alert_expressions() + alert_expressions(RECORDING_PATH)
+)
 def test_every_dashboard_and_alert_expression_evaluates(served, expr: str) -> None:  # type: ignore[no-untyped-def]
     prom, _, _, _ = served
     prom.query(expr)  # raises PrometheusError with Prometheus's message on any error
@@ -120,5 +128,6 @@ def test_the_alert_rules_are_loaded(served) -> None:  # type: ignore[no-untyped-
     prom, _, _, _ = served
     rules = httpx.get(prom.url + "/api/v1/rules").json()["data"]["groups"]
     names = {r["name"] for g in rules for r in g["rules"]}
-    assert len(names) == 4
+    assert len(names) == 4 + 3  # the alerts, and goodput, answered and shed recorded
+    assert {"dvn:goodput:rate1m", "dvn:answered:rate1m", "dvn:shed:rate1m"} <= names
     assert all(r["health"] != "err" for g in rules for r in g["rules"])

@@ -48,6 +48,7 @@ async def test_loadtest_accounting_matches_the_servers_metrics(serve: ServeFacto
     assert report.errors > 0
     assert report.levels == {"digits": {4: report.ok}}
     assert report.budget_attainment == {}
+    assert report.met == 0 and report.goodput_rate == 0.0  # no budget: nothing to meet
     assert report.duration_s == 1.5
     assert report.achieved_rate == pytest.approx(report.ok / 1.5)
     assert report.offered_rate == pytest.approx(report.sent / 1.5)
@@ -57,6 +58,7 @@ async def test_loadtest_accounting_matches_the_servers_metrics(serve: ServeFacto
         "url": "http://test",
         "mode": "closed",
         "concurrency": 8,
+        "respect_retry_after": False,
         "duration_s": 1.5,
         "warmup_s": 0.3,
         "budget_mix": "none:1",

@@ -1,5 +1,6 @@
-"""The light transport against raw asyncio servers, for the failures uvicorn never
-produces: connections closed under a request, broken responses, interim responses."""
+"""The light transport against raw asyncio servers, for what uvicorn never produces:
+connections closed under a request, broken responses, interim responses, a HEAD answer
+with a Content-Length."""
 
 from __future__ import annotations
 
@@ -62,18 +63,29 @@ async def test_fresh_connection_closed_without_answer_is_not_retried() -> None:
     assert len(accepted) == 1
 
 
+MIDWAY = "server disconnected in the middle of a response"
+
+
 @pytest.mark.parametrize(
-    ("reply", "match"),
+    ("reply", "reason"),
     [
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "middle of a response"),
-        (b"HTTP/1.1 200 OK\r\nContent-Le", "middle of a response"),
-        (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP/1.x status line"),
-        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed header line"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n", "bad Content-Length"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", MIDWAY),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", MIDWAY),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "Expected HTTP/, RTSP/ or ICE/"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "Invalid header token"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n",
+            "Invalid character in Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "Invalid character in chunk size",
+        ),
     ],
 )
-async def test_broken_responses_are_protocol_errors(reply: bytes, match: str) -> None:
+async def test_broken_responses_are_protocol_errors_with_the_reason(
+    reply: bytes, reason: str
+) -> None:
     async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(reply)
@@ -81,8 +93,10 @@ async def test_broken_responses_are_protocol_errors(reply: bytes, match: str) ->
 
     srv, url, _ = await raw_server(send)
     async with srv, client(url, WireTransport()) as http:
-        with pytest.raises(httpx.RemoteProtocolError, match=match):
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
             await http.get("/")
+    origin = url.removeprefix("http://")
+    assert str(caught.value) == f"bad response from {origin}: {reason}"
 
 
 async def test_close_delimited_body_and_interim_response() -> None:
@@ -102,3 +116,35 @@ async def test_close_delimited_body_and_interim_response() -> None:
             "1",
         )
         assert transport.open_connections == 0  # a close-delimited body ends the connection
+
+
+async def test_a_response_head_without_end_is_cut_at_the_limit() -> None:
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: a\r\n" * 8_000)  # and no end
+        await writer.drain()
+        await reader.read()  # until the client gives up
+
+    srv, url, _ = await raw_server(send)
+    async with srv, client(url, WireTransport()) as http:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await http.get("/")
+    origin = url.removeprefix("http://")
+    assert str(caught.value) == f"bad response from {origin}: response head over 65536 bytes"
+
+
+async def test_head_response_with_a_length_has_no_body_and_keeps_the_connection() -> None:
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HEAD / HTTP/1.1\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    srv, url, accepted = await raw_server(send)
+    async with srv, client(url, WireTransport()) as http:
+        head = await http.head("/")
+        assert (head.status_code, head.headers["content-length"], head.content) == (200, "5", b"")
+        assert (await http.get("/")).text == "ok"
+    assert len(accepted) == 1
