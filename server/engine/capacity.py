@@ -34,9 +34,6 @@ from server.engine.profile import LatencyProfile
 # Executor time per second the ceiling allows: headroom for bursts (Poisson arrivals) and
 # for forwards slowed by the web stack sharing the cores.
 TARGET_BUSY = 0.7
-# A request is refused up front when the backlog in flight is expected to take this many
-# times its latency budget (that backlog is a mean: some requests get through faster).
-SHED_FACTOR = 4.0
 
 
 @dataclass
@@ -106,14 +103,3 @@ def budgeted_ceiling(
     top, batch = max(levels), max(1, batch)
     busy = rate_per_s * profile.forward_s((task, top), batch) / batch
     return top if busy <= target else min(levels)
-
-
-def backlog_seconds(in_flight: int, finished: EventRate, batch: int) -> float:
-    """How long ``in_flight`` requests are expected to take to get through at the rate
-    ``finished`` (Little's law); 0 unless more are in flight than one batch answers and the
-    flow is steady enough to measure (a batch's worth finished in the last time constant):
-    then the queues' own predictions decide (503 or 504 with the reason)."""
-    rate = finished.per_s()
-    if in_flight > batch and rate * finished.tau_s >= batch:
-        return in_flight / rate
-    return 0.0

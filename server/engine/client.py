@@ -35,7 +35,7 @@ from model_store.manifest import Manifest, TaskEntry
 from model_store.tasks import TaskSpec
 from server.budget import Budget
 from server.engine import wire
-from server.engine.core import shed_for
+from server.engine.core import Admission, shed_for
 from server.engine.outcome import Answer, ClientDisconnected, outcome_of
 from server.engine.runtime import Runtime, engine_status
 from server.errors import (
@@ -141,9 +141,10 @@ class EngineClient(abc.ABC):
         """Count a request the front end refused before it reached the engine."""
 
     @abc.abstractmethod
-    def admit(self, budget: Budget | None) -> None:
-        """Refuse, before its body is read, a request whose latency budget the engine's
-        backlog would outlast (the engine checks again, exactly, when it arrives).
+    def admit(self, task: str, budget: Budget | None) -> None:
+        """Refuse, before its body is read, a request of ``task`` whose latency budget the
+        engine's queues would make it miss (:func:`~server.engine.core.shed_for`; the
+        engine checks again, exactly, when it arrives).
 
         Raises:
             BacklogShed: 429 with Retry-After sized from the backlog.
@@ -222,10 +223,10 @@ class InprocClient(EngineClient):
                 task, outcome_of(error), missed_kind(error), shed=shed
             )
 
-    def admit(self, budget: Budget | None) -> None:
+    def admit(self, task: str, budget: Budget | None) -> None:
         service = self.runtime.service
-        if service is not None:
-            refusal = shed_for(budget, service.serving, service.backlog_s())
+        if service is not None and self.runtime.ready and task in service.tasks:
+            refusal = shed_for(budget, service.admission(task))
             if refusal is not None:
                 raise refusal
 
@@ -253,7 +254,7 @@ class MPClient(EngineClient):
         specs: dict[str, TaskSpec],
         *,
         max_inflight: int,
-        status_interval_s: float = 0.1,
+        status_interval_s: float = 0.05,
         down_after_s: float = 1.0,
         call_timeout_s: float = 30.0,
     ) -> None:
@@ -269,7 +270,7 @@ class MPClient(EngineClient):
         self.inflight = 0  # inference requests at the engine
         self._status = EngineStatus(up=False)
         self._refused: Counter[tuple[str, str, str | None, bool]] = Counter()
-        self._serving, self._backlog_s = 0, 0.0  # the engine's, as of its last status
+        self._admissions: dict[str, Admission] = {}  # the engine's, as of its last status
         self._tasks: list[asyncio.Task[None]] = []
         self._ctx: zmq.asyncio.Context | None = None
         self._socket: zmq.asyncio.Socket | None = None
@@ -348,7 +349,10 @@ class MPClient(EngineClient):
                 SERVER.exception("engine status poll failed")
             else:
                 was = self._status
-                self._serving, self._backlog_s = value["serving"], value["backlog_s"]
+                self._admissions = {
+                    task: Admission(wait, floor)
+                    for task, (wait, floor) in value["admissions"].items()
+                }
                 self._status = EngineStatus(
                     True, value["ready"], value["loaded"], value["draining"], value["failed"]
                 )
@@ -487,10 +491,11 @@ class MPClient(EngineClient):
         shed = isinstance(error, BacklogShed)
         self._refused[(task, outcome_of(error), missed_kind(error), shed)] += 1
 
-    def admit(self, budget: Budget | None) -> None:
+    def admit(self, task: str, budget: Budget | None) -> None:
         # From the last status (at most status_interval_s old): cheap, and the engine
         # checks again when the request arrives.
-        refusal = shed_for(budget, self._serving, self._backlog_s)
+        admission = self._admissions.get(task)
+        refusal = None if admission is None else shed_for(budget, admission)
         if refusal is not None:
             raise refusal
 

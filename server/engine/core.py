@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,6 @@ from model_store.tasks import TaskSpec
 from server.budget import Budget, parse_budget
 from server.engine.archive import build_archive
 from server.engine.batching import Batcher
-from server.engine.capacity import SHED_FACTOR, EventRate, backlog_seconds
 from server.engine.executor import Executor
 from server.engine.forecast import Forecaster
 from server.engine.outcome import Answer, ClientDisconnected, Handling, Ticket, outcome_of
@@ -50,18 +50,31 @@ from server.metrics import Metrics
 from server.settings import Settings
 
 
-def shed_for(budget: Budget | None, serving: int, backlog_s: float) -> BacklogShed | None:
-    """The refusal of a request whose latency budget is under 1 / ``SHED_FACTOR`` of the
-    time the ``serving`` requests in flight are expected to take to get through: it would
-    only wait out its deadline, and its work would slow the others. None: admit it."""
-    if budget is None or budget.latency_s is None or backlog_s <= SHED_FACTOR * budget.latency_s:
+@dataclass(frozen=True)
+class Admission:
+    """What admission weighs for one task: the earliest a new request could be answered
+    now (level 1, behind every queue and the running forward) and on an idle engine."""
+
+    wait_s: float
+    floor_s: float
+
+
+def shed_for(budget: Budget | None, admission: Admission) -> BacklogShed | None:
+    """The refusal of a request whose latency budget the queues ahead would make it miss
+    at every level, though an idle engine would meet it: it would only wait out its
+    deadline, and its work would slow the others. A budget even an idle engine misses is
+    not shed (it is served at level 1, or refused by ``on_miss=reject``, as docs/api.md
+    says). None: admit it."""
+    if budget is None or budget.latency_s is None:
+        return None
+    if not admission.floor_s <= budget.latency_s < admission.wait_s:
         return None
     return BacklogShed(
-        f"the {serving} requests in flight are expected to take {backlog_s * 1e3:.1f} ms to "
-        f"get through, over {SHED_FACTOR:g} times this request's latency budget of "
+        f"the engine's queues put the earliest answer to this request at "
+        f"{admission.wait_s * 1e3:.1f} ms, over its latency budget of "
         f"{budget.latency_s * 1e3:g} ms; retry after Retry-After, raise the budget, or send "
         "to another replica",
-        retry_after_s=backlog_s,
+        retry_after_s=admission.wait_s,
     )
 
 
@@ -94,10 +107,6 @@ class Engine:
         self.param_bytes = sum(
             t.numel() * t.element_size() for t in checkpoint.model.state_dict().values()
         )
-        # Requests past the backlog check and still in flight, and how fast they finish:
-        # by Little's law their ratio is how long a new one will take to get through.
-        self.serving = 0
-        self.served = EventRate()
         self._idle = asyncio.Event()
         self._idle.set()
         self._waiting: dict[Hashable, Pending] = {}  # by key, for cancel()
@@ -200,32 +209,19 @@ class Engine:
         finally:
             if not ticket.queued:
                 self.arriving -= 1
-            if ticket.serving:
-                self.serving -= 1
-                self.served.add(1)
             self.inflight -= 1
             self.metrics.inflight.set(self.inflight)
             if self.inflight == 0:
                 self._idle.set()
 
-    def backlog_s(self) -> float:
-        """How long the requests in flight are expected to take to get through (in flight /
-        finished per second, Little's law)."""
-        return backlog_seconds(self.serving, self.served, self.settings.max_batch_size)
+    def admission(self, task: str) -> Admission:
+        """What :func:`shed_for` weighs for ``task`` now."""
+        forecast, first = self.forecast, self.tasks[task].levels[0].level
+        idle = forecast.overhead_s + self.profile.forward_s((task, first), 1)
+        return Admission(wait_s=forecast.predicted_s(task, first), floor_s=idle)
 
-    def check_backlog(self, budget: Budget | None, ticket: Ticket) -> None:
-        """Refuse a request whose latency budget the backlog alone would outlast
-        (:func:`shed_for`); otherwise count it in.
-
-        Raises:
-            ServerBusy: the backlog alone is expected to outlast the budget.
-        """
-        refusal = shed_for(budget, self.serving, self.backlog_s())
-        if refusal is not None:
-            self.forecast.attainment.record(False)
-            raise refusal
-        ticket.serving = True
-        self.serving += 1
+    def admissions(self) -> dict[str, Admission]:
+        return {name: self.admission(name) for name in self.tasks}
 
     def check_inputs(self, task: TaskEntry, inputs: np.ndarray) -> None:
         """The front end decoded and checked the inputs; a frame from elsewhere is checked
@@ -297,7 +293,6 @@ class Engine:
                     f"on_miss={request.on_miss!r} is not one of: degrade, reject"
                 )
             self.check_level(entry, request.level)
-            self.check_backlog(budget, handling.ticket)
             self.check_inputs(entry, inputs)
             handling.examples = int(inputs.shape[0])
             handling.answer = await self._infer(
@@ -338,6 +333,12 @@ class Engine:
         examples = int(inputs.shape[0])
         self.forecast.arrivals.add(examples)
         selection = self.select(task, examples, budget, level, on_miss)
+        if level is None and budget is not None and budget.latency_s is not None:
+            late = selection.predicted_latency_s > budget.latency_s
+            refusal = late and shed_for(budget, self.admission(task.name))
+            if refusal:
+                self.forecast.attainment.record(False)
+                raise refusal
         deadline = None
         if budget is not None and budget.latency_s is not None:
             deadline = arrival + budget.latency_s

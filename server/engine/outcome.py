@@ -44,11 +44,9 @@ class ClientDisconnected(asyncio.CancelledError):
 
 @dataclass
 class Ticket:
-    """One admitted request; ``serving`` once past the backlog check (see
-    :meth:`InferenceService.check_backlog`), ``queued`` once it reached a level queue."""
+    """One admitted request; ``queued`` once it reached a level queue."""
 
     queued: bool = False
-    serving: bool = False
 
 
 @dataclass

@@ -212,7 +212,8 @@ def engine_status(runtime: Runtime) -> dict[str, Any]:
         "draining": service is not None and service.draining,
         "failed": runtime.failed,
         "pid": os.getpid(),
-        "serving": 0 if service is None else service.serving,
-        "backlog_s": 0.0 if service is None else service.backlog_s(),
+        "admissions": {}
+        if service is None or not runtime.ready
+        else {task: [a.wait_s, a.floor_s] for task, a in service.admissions().items()},
         "started": runtime.started,
     }

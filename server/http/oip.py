@@ -266,7 +266,8 @@ async def _infer(request: Request, task: str, version: str | None) -> Response:
         params = dvn_parameters(infer_request.parameters)
         log.update(budget=params.budget)
         budget = parse_budget(params.budget)
-        fe.client.admit(budget)
+        if params.level is None:  # a pinned level is served as asked
+            fe.client.admit(entry.name, budget)
         if params.level is not None and not 1 <= params.level <= len(entry.levels):
             raise InvalidParameter(
                 f"level {params.level} is out of range for task {entry.name!r}: use "

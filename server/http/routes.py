@@ -84,7 +84,8 @@ async def infer(task: str, request: Request) -> Response:
         nonlocal query
         query = parse_infer_query(request.query_params)
         parsed = parse_budget(query.budget)
-        fe.client.admit(parsed)  # before the body is read: a refusal costs no body
+        if query.level is None:  # a pinned level is served as asked
+            fe.client.admit(entry.name, parsed)  # before the body: a refusal costs no body
         if query.level is not None and not 1 <= query.level <= len(entry.levels):
             raise InvalidParameter(
                 f"level {query.level} is out of range for task {entry.name!r}: use "

@@ -5,11 +5,12 @@ outcomes count as misses (late answers, 504s, sheds)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from server.budget import Budget
-from server.engine.capacity import Attainment, EventRate, break_even_miss_share
+from server.engine.capacity import Attainment, break_even_miss_share
 from tests.conftest import AppClient, ServeFactory
 from tests.server.helpers import error_of, example, sample
 from tests.server.queues import metrics
@@ -90,12 +91,11 @@ async def test_met_late_timed_out_and_shed_budgets_are_counted(serve: ServeFacto
     late = await client.post("/infer/digits?budget=1us", json=x)  # past its deadline: 504
     assert error_of(late)[:2] == (504, "deadline_exceeded")
     assert counts(att) == (1, 1)
-    service.serving += 40  # a backlog of 0.4 s: a 90 ms budget is shed
-    service.served = EventRate(tau_s=1e9, _rate=100.0)
+    service.batcher.busy_until = time.perf_counter() + 0.4  # a forward 0.4 s from its end
     body = json.dumps(x).encode()
     shed = await client.post(
         "/infer/digits?budget=90ms", content=body, headers={"content-type": "application/json"}
     )
-    service.serving -= 40
+    service.batcher.busy_until = 0.0
     assert error_of(shed)[:2] == (429, "server_busy")
     assert counts(att) == (1, 2)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from server.engine.capacity import EventRate, backlog_seconds, budgeted_ceiling
+from server.engine.capacity import EventRate, budgeted_ceiling
 from server.engine.misses import PredictionErrors
 from server.engine.profile import LatencyProfile
 from server.engine.selection import LevelOption, select_level
@@ -150,18 +150,3 @@ def test_latency_budgets_stay_under_the_capacity_ceiling(
     parsed = None if spec is None else budget(spec)
     chosen = select_level("digits", weighed((1.0,) * 4, capacity), parsed)
     assert (chosen.level, chosen.reason) == (level, reason)
-
-
-@pytest.mark.parametrize(
-    ("in_flight", "rate", "backlog"),
-    [
-        (40, 100.0, 0.4),  # 40 in flight, 100 finishing a second: 0.4 s to get through
-        (8, 100.0, 0.0),  # no more than one batch (8) in flight: no estimate
-        (40, 15.0, 0.0),  # 15 a second x 0.5 s = 7.5 finished: under a batch, no flow
-    ],
-)
-def test_backlog_is_in_flight_over_finished_per_second(
-    in_flight: int, rate: float, backlog: float
-) -> None:
-    finished = EventRate(tau_s=0.5, _rate=rate)  # measured just now
-    assert backlog_seconds(in_flight, finished, 8) == pytest.approx(backlog, rel=1e-3)
