@@ -141,9 +141,9 @@ class EngineClient(abc.ABC):
         """Count a request the front end refused before it reached the engine."""
 
     @abc.abstractmethod
-    def admit(self, task: str, budget: Budget | None) -> None:
-        """Refuse, before its body is read, a request of ``task`` whose latency budget the
-        engine's queues would make it miss (:func:`~server.engine.core.shed_for`; the
+    def admit(self, task: str, budget: Budget | None, elapsed_s: float = 0.0) -> None:
+        """Refuse, before its body is read, a request of ``task`` whose latency budget
+        (``elapsed_s`` of it spent already) the engine's queues would make it miss (:func:`~server.engine.core.shed_for`; the
         engine checks again, exactly, when it arrives).
 
         Raises:
@@ -223,10 +223,10 @@ class InprocClient(EngineClient):
                 task, outcome_of(error), missed_kind(error), shed=shed
             )
 
-    def admit(self, task: str, budget: Budget | None) -> None:
+    def admit(self, task: str, budget: Budget | None, elapsed_s: float = 0.0) -> None:
         service = self.runtime.service
         if service is not None and self.runtime.ready and task in service.tasks:
-            refusal = shed_for(budget, service.admission(task))
+            refusal = shed_for(budget, service.admission(task), elapsed_s)
             if refusal is not None:
                 raise refusal
 
@@ -491,11 +491,11 @@ class MPClient(EngineClient):
         shed = isinstance(error, BacklogShed)
         self._refused[(task, outcome_of(error), missed_kind(error), shed)] += 1
 
-    def admit(self, task: str, budget: Budget | None) -> None:
+    def admit(self, task: str, budget: Budget | None, elapsed_s: float = 0.0) -> None:
         # From the last status (at most status_interval_s old): cheap, and the engine
         # checks again when the request arrives.
         admission = self._admissions.get(task)
-        refusal = None if admission is None else shed_for(budget, admission)
+        refusal = None if admission is None else shed_for(budget, admission, elapsed_s)
         if refusal is not None:
             raise refusal
 

@@ -59,15 +59,18 @@ class Admission:
     floor_s: float
 
 
-def shed_for(budget: Budget | None, admission: Admission) -> BacklogShed | None:
+def shed_for(
+    budget: Budget | None, admission: Admission, elapsed_s: float = 0.0
+) -> BacklogShed | None:
     """The refusal of a request whose latency budget the queues ahead would make it miss
     at every level, though an idle engine would meet it: it would only wait out its
     deadline, and its work would slow the others. A budget even an idle engine misses is
     not shed (it is served at level 1, or refused by ``on_miss=reject``, as docs/api.md
-    says). None: admit it."""
+    says). ``elapsed_s``: of the budget, already spent since arrival. None: admit it."""
     if budget is None or budget.latency_s is None:
         return None
-    if not admission.floor_s <= budget.latency_s < admission.wait_s:
+    left = budget.latency_s - elapsed_s
+    if not (admission.floor_s <= budget.latency_s and left < admission.wait_s):
         return None
     return BacklogShed(
         f"the engine's queues put the earliest answer to this request at "
@@ -215,10 +218,15 @@ class Engine:
                 self._idle.set()
 
     def admission(self, task: str) -> Admission:
-        """What :func:`shed_for` weighs for ``task`` now."""
-        forecast, first = self.forecast, self.tasks[task].levels[0].level
-        idle = forecast.overhead_s + self.profile.forward_s((task, first), 1)
-        return Admission(wait_s=forecast.predicted_s(task, first), floor_s=idle)
+        """What :func:`shed_for` weighs for ``task`` now: the queues and the running
+        forward alone, not the measured per-request overhead, which only answered requests
+        update (an estimate that refusals cannot correct would refuse for ever)."""
+        first = self.tasks[task].levels[0].level
+        key = (task, first)
+        wait = predict_latency(
+            self.profile, self.forecast.queue_state(), key, 1, self.settings.max_batch_size
+        )
+        return Admission(wait_s=wait, floor_s=self.profile.forward_s(key, 1))
 
     def admissions(self) -> dict[str, Admission]:
         return {name: self.admission(name) for name in self.tasks}
@@ -335,7 +343,8 @@ class Engine:
         selection = self.select(task, examples, budget, level, on_miss)
         if level is None and budget is not None and budget.latency_s is not None:
             late = selection.predicted_latency_s > budget.latency_s
-            refusal = late and shed_for(budget, self.admission(task.name))
+            elapsed = time.perf_counter() - arrival
+            refusal = late and shed_for(budget, self.admission(task.name), elapsed)
             if refusal:
                 self.forecast.attainment.record(False)
                 raise refusal

@@ -53,7 +53,7 @@ from server.http.oip_protocol import (
     ServerMetadata,
     ServerReady,
 )
-from server.http.pipeline import Parsed, frontend, read_body
+from server.http.pipeline import Parsed, elapsed, frontend, read_body
 from server.http.pipeline import infer as run_inference
 
 SERVER_NAME = "dvn-serve"
@@ -267,7 +267,7 @@ async def _infer(request: Request, task: str, version: str | None) -> Response:
         log.update(budget=params.budget)
         budget = parse_budget(params.budget)
         if params.level is None:  # a pinned level is served as asked
-            fe.client.admit(entry.name, budget)
+            fe.client.admit(entry.name, budget, elapsed(request))
         if params.level is not None and not 1 <= params.level <= len(entry.levels):
             raise InvalidParameter(
                 f"level {params.level} is out of range for task {entry.name!r}: use "

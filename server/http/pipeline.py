@@ -38,6 +38,12 @@ class Parsed:
 Reader = Callable[[TaskEntry, FrontEnd], Awaitable[Parsed]]
 
 
+def elapsed(request: Request) -> float:
+    """Seconds since the request arrived (``RequestContext``'s stamp)."""
+    arrival: float = request.scope.get("state", {}).get("arrival", time.perf_counter())
+    return time.perf_counter() - arrival
+
+
 def frontend(request: Request) -> FrontEnd:
     fe: FrontEnd = request.app.state.frontend
     return fe

@@ -22,7 +22,7 @@ from server.http.params import (
     ON_MISS_DOC,
     parse_infer_query,
 )
-from server.http.pipeline import Parsed, frontend, read_body
+from server.http.pipeline import Parsed, elapsed, frontend, read_body
 from server.http.pipeline import infer as run_inference
 from server.http.protocol import ErrorBody, InferResponse, ModelsResponse, PlanResponse
 
@@ -85,7 +85,8 @@ async def infer(task: str, request: Request) -> Response:
         query = parse_infer_query(request.query_params)
         parsed = parse_budget(query.budget)
         if query.level is None:  # a pinned level is served as asked
-            fe.client.admit(entry.name, parsed)  # before the body: a refusal costs no body
+            # before the body is read: a refusal costs no body
+            fe.client.admit(entry.name, parsed, elapsed(request))
         if query.level is not None and not 1 <= query.level <= len(entry.levels):
             raise InvalidParameter(
                 f"level {query.level} is out of range for task {entry.name!r}: use "
