@@ -1,5 +1,5 @@
 """Prometheus metrics of one app instance (own registry; names are a contract, see
-DESIGN.md). Recorded from plain facts by :class:`Metrics`; nothing else touches the
+docs/api.md). Recorded from plain facts by :class:`Metrics`; nothing else touches the
 prometheus_client objects."""
 
 from __future__ import annotations

@@ -88,8 +88,10 @@ def predict_latency(
     overhead_s: float = 0.0,
 ) -> float:
     """Predicted seconds from arrival to response for ``examples`` at ``key``: the running
-    batch, every other queue's backlog (one executor serves them all, oldest first), this
-    level's backlog plus the request itself, and the fixed per-request overhead."""
+    batch, every other queue's backlog, this level's backlog plus the request itself, and
+    the fixed per-request overhead. One executor serves the queues earliest deadline first;
+    the prediction assumes the request waits for all of it (an upper bound for a tight
+    deadline, which may go ahead of looser ones)."""
     ahead = state.busy_remaining_s + sum(
         profile.work_s(k, n, max_batch) for k, n in state.queued.items() if k != key and n > 0
     )

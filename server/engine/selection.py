@@ -2,7 +2,7 @@
 predicted latencies (profile + queue state) and the request's budget. No server needed to
 test it; ``server.engine.core`` feeds it live numbers.
 
-Rules (DESIGN.md, budget rules):
+Rules (docs/api.md, level selection):
 
 * A pinned level is served as asked (``pinned``).
 * Among the levels that fit every constraint, the one with the highest expected accuracy:

@@ -44,7 +44,7 @@ RECORDING_EXPRESSIONS = alert_expressions(RECORDING_PATH)
 ALERTS = {"DVNBudgetMissRatioHigh", "DVNQueueNearCapacity", "DVNServerErrors", "DVNDown"}
 RECORDED = {"dvn:goodput:rate1m", "dvn:answered:rate1m", "dvn:shed:rate1m"}
 
-# The metrics of DESIGN.md (plus the queue bound and what selection weighs) the dashboard
+# The metrics of docs/api.md (plus the queue bound and what selection weighs) the dashboard
 # must show.
 DASHBOARD_METRICS = [
     "dvn_requests_total",
@@ -175,7 +175,7 @@ def test_bad_rules_fail_fast_with_the_log(tmp_path: Path) -> None:
         pass
 
 
-# A stand-in exporter with the label sets of DESIGN.md's metrics: every scrape
+# A stand-in exporter with the label sets of docs/api.md's metrics: every scrape
 # advances the counters, so rates, ratios and quantiles have data. It proves
 # the dashboard's vector matching (group_left, ignoring) works on real series,
 # which an empty Prometheus cannot show.

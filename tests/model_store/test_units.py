@@ -1,4 +1,4 @@
-"""Unit orders (DVN.md's adjacency rule), their validation, and unit sets."""
+"""Unit orders (docs/method.md's adjacency rule), their validation, and unit sets."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from model_store.units import (
 
 
 def one_based(order: tuple[int, ...]) -> list[set[int]]:
-    """The unit sets of every level of ``order``, in DVN.md's 1-based numbering."""
+    """The unit sets of every level of ``order``, in docs/method.md's 1-based numbering."""
     return [{u + 1 for u in order[:level]} for level in range(1, len(order) + 1)]
 
 
 def test_k3_orders_are_the_papers() -> None:
-    # DVN.md: task 1 grows {1}, {1,2}, {1,2,3}; task 2 {2}, {2,1}, {2,1,3};
+    # docs/method.md: task 1 grows {1}, {1,2}, {1,2,3}; task 2 {2}, {2,1}, {2,1,3};
     # task 3 {3}, {3,2}, {3,2,1}.
     orders = paper_orders(3, 3)
     assert orders == ((0, 1, 2), (1, 0, 2), (2, 1, 0))
