@@ -67,8 +67,14 @@ class Settings(BaseSettings):
     )
     level_plans: bool = Field(
         default=True,
-        description="run each level on its own folded copy of its weights (faster small "
-        "levels, up to the sum of every level's param_bytes more memory)",
+        description="run the hottest levels on their own folded copy of their weights "
+        "(faster small levels), within plan_bytes; false: every level on the one set",
+    )
+    plan_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="bytes the per-level weight copies may hold in all; default: as many as "
+        "the checkpoint's own weights (1x); 0: none",
     )
 
     @field_validator("api_keys", mode="before")

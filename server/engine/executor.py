@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from model_store.inference import LevelPlan
 from model_store.model import DVN
+from server.engine.plans import PlanCache
 from server.engine.profile import LatencyProfile
 
 # (task index, level, inputs (B, C, H, W)) -> probabilities (B, classes)
@@ -28,28 +28,24 @@ class NonFiniteOutput(RuntimeError):
     """The model produced NaN or Inf for a batch."""
 
 
-def model_forward(model: DVN, device: torch.device, *, plans: bool = True) -> ForwardFn:
+def model_forward(model: DVN, device: torch.device, *, plan_bytes: int | None = None) -> ForwardFn:
     """The forward the executor runs: one level on one batch, softmax on the device.
 
-    With ``plans`` each (task, level) runs through its :class:`LevelPlan` (weight slices
-    copied out once, batch norm folded into the convolutions), built from the model's
-    weights the first time that level runs: a level then costs its own share of the weights
-    in memory, and a small level's forward is not dominated by slicing and normalising
-    full-width weights. The server never changes the weights, so a plan never goes stale.
-    Without, every level runs on the one set of weights (``model(x, task, level)``): no
-    memory beyond the checkpoint, slower small levels. Inputs are checked by the decoder,
-    not again here.
+    With ``plan_bytes`` > 0 the hottest (task, level)s run through their
+    :class:`~model_store.inference.LevelPlan` (weight slices copied out once, batch norm
+    folded into the convolutions), built from the model's weights the first time that level
+    runs, as many as fit in ``plan_bytes`` (:class:`~server.engine.plans.PlanCache`); the
+    rest, and every level with ``plan_bytes`` 0 or None, run on the one set of weights
+    (``model(x, task, level)``). The server never changes the weights, so a plan never goes
+    stale. Inputs are checked by the decoder, not again here.
     """
-    built: dict[tuple[int, int], LevelPlan] = {}
+    cache = PlanCache(model, plan_bytes) if plan_bytes else None
 
-    def planned(x: torch.Tensor, task: int, level: int) -> torch.Tensor:
-        plan = built.get((task, level))
-        if plan is None:
-            plan = built[(task, level)] = LevelPlan.build(model, task, level)
-        return plan(x)
-
-    # (x, task, level), as the model itself is called
-    run: Callable[[torch.Tensor, int, int], torch.Tensor] = planned if plans else model
+    def run(x: torch.Tensor, task: int, level: int) -> torch.Tensor:
+        if cache is None:
+            out: torch.Tensor = model(x, task, level)
+            return out
+        return cache.forward(task, level)(x)
 
     lanes = threading.local()
 

@@ -73,7 +73,11 @@ class Runtime:
             self.checkpoint = await asyncio.to_thread(load, s.checkpoint, device)
         else:
             self.checkpoint.model.to(device).eval()
-        forward = model_forward(self.checkpoint.model, device, plans=s.level_plans)
+        weights = sum(
+            t.numel() * t.element_size() for t in self.checkpoint.model.state_dict().values()
+        )
+        plan_bytes = (weights if s.plan_bytes is None else s.plan_bytes) if s.level_plans else 0
+        forward = model_forward(self.checkpoint.model, device, plan_bytes=plan_bytes)
         if self.forward_wrapper is not None:
             forward = self.forward_wrapper(forward)
         executor = Executor(forward)
