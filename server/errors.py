@@ -129,6 +129,25 @@ class DeadlineExceeded(ServeError):
     status, type = 504, "deadline_exceeded"
 
 
+def shutting_down(probe: bool = False) -> NotReady:
+    """The 503 of a draining server (``probe``: the shorter words of ``/readyz``)."""
+    message = (
+        "the server is draining"
+        if probe
+        else ("the server is shutting down; retry on another replica")
+    )
+    return NotReady(message, retry_after_s=1)
+
+
+def too_many_inflight(inflight: int, limit: int) -> ServerBusy:
+    """The 429 of a server already handling ``limit`` requests (DVN_MAX_INFLIGHT)."""
+    return ServerBusy(
+        f"the server is already handling {inflight} inference requests, its limit "
+        f"(DVN_MAX_INFLIGHT={limit}); retry after Retry-After, or on another replica",
+        retry_after_s=1,
+    )
+
+
 ALL_ERRORS: tuple[type[ServeError], ...] = (
     InvalidInput,
     Unauthorized,

@@ -47,6 +47,7 @@ from server.errors import (
     NotReady,
     ServeError,
     ServerBusy,
+    shutting_down,
 )
 from server.logs import SERVER
 
@@ -70,12 +71,7 @@ class EngineStatus:
         if not self.up:
             raise EngineUnavailable(ENGINE_DOWN, retry_after_s=1)
         if self.draining:
-            raise NotReady(
-                "the server is draining"
-                if probe
-                else "the server is shutting down; retry on another replica",
-                retry_after_s=1,
-            )
+            raise shutting_down(probe)
         if self.failed is not None:
             raise NotReady(f"warm-up failed ({self.failed}); see the server log", retry_after_s=1)
         if not self.ready:

@@ -29,6 +29,7 @@ from server.engine.profile import LatencyProfile, predict_latency
 from server.engine.selection import (
     OnMiss,
     Selection,
+    check_level,
     fits_latency,
     fits_memory,
     select_level,
@@ -41,10 +42,10 @@ from server.errors import (
     DeadlineUnmeetable,
     InvalidInput,
     InvalidParameter,
-    NotReady,
     ServeError,
-    ServerBusy,
     UnknownTask,
+    shutting_down,
+    too_many_inflight,
 )
 from server.metrics import Metrics
 from server.settings import Settings
@@ -163,12 +164,6 @@ class Engine:
             "tasks": tasks,
         }
 
-    def check_level(self, task: TaskEntry, level: int | None) -> None:
-        if level is not None and not 1 <= level <= len(task.levels):
-            raise InvalidParameter(
-                f"level {level} is out of range for task {task.name!r}: use 1..{len(task.levels)}"
-            )
-
     # -- prediction and selection --------------------------------------------------------
     def select(
         self,
@@ -178,7 +173,7 @@ class Engine:
         level: int | None,
         on_miss: OnMiss,
     ) -> Selection:
-        self.check_level(task, level)
+        check_level(task, level)
         options = self.forecast.options(task, examples, budget, only=level)  # pinned: its own
         return select_level(task.name, options, budget, pinned=level, on_miss=on_miss)
 
@@ -193,15 +188,10 @@ class Engine:
             ServerBusy: ``max_inflight`` requests in flight.
         """
         if self.draining:
-            raise NotReady("the server is shutting down; retry on another replica", retry_after_s=1)
+            raise shutting_down()
         limit = self.settings.max_inflight
         if self.inflight >= limit:
-            raise ServerBusy(
-                f"the engine is already handling {self.inflight} inference requests, its "
-                f"limit (DVN_MAX_INFLIGHT={limit}); retry after Retry-After, or on another "
-                "replica",
-                retry_after_s=1,
-            )
+            raise too_many_inflight(self.inflight, limit)
         ticket = Ticket()
         self.inflight += 1
         self.arriving += 1
@@ -300,7 +290,7 @@ class Engine:
                 raise InvalidParameter(
                     f"on_miss={request.on_miss!r} is not one of: degrade, reject"
                 )
-            self.check_level(entry, request.level)
+            check_level(entry, request.level)
             self.check_inputs(entry, inputs)
             handling.examples = int(inputs.shape[0])
             handling.answer = await self._infer(
@@ -422,7 +412,7 @@ class Engine:
             UnknownTask, InvalidParameter: no such task or level.
         """
         entry = self.task(task)
-        self.check_level(entry, level)
+        check_level(entry, level)
         key = (entry.name, level)
         data = self.archives.get(key)
         if data is None:

@@ -26,8 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from model_store.manifest import TaskEntry
 from server.budget import Budget
-from server.errors import BudgetUnsatisfiable, DeadlineUnmeetable, QueueFull
+from server.errors import BudgetUnsatisfiable, DeadlineUnmeetable, InvalidParameter, QueueFull
 
 Reason = Literal["budget", "default", "pinned", "degraded"]
 OnMiss = Literal["degrade", "reject"]
@@ -157,3 +158,11 @@ def select_level(
         "Retry-After interval or send less load",
         retry_after_s=soonest,
     )
+
+
+def check_level(task: TaskEntry, level: int | None) -> None:
+    """Raises InvalidParameter (422) for a level outside ``task``'s 1..n (None: no level)."""
+    if level is not None and not 1 <= level <= len(task.levels):
+        raise InvalidParameter(
+            f"level {level} is out of range for task {task.name!r}: use 1..{len(task.levels)}"
+        )

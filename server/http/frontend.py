@@ -12,7 +12,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
 from server.engine.client import EngineClient
-from server.errors import NotReady, ServerBusy, UnknownTask
+from server.errors import NotReady, UnknownTask, shutting_down, too_many_inflight
 from server.settings import Settings
 
 IPC_BUCKETS = (
@@ -64,24 +64,14 @@ class FrontEnd:
     def check_ready(self, probe: bool = False) -> None:
         """Raises the 503 an inference request (``probe``: ``/readyz``) gets now, if any."""
         if self.draining:
-            raise NotReady(
-                "the server is draining"
-                if probe
-                else "the server is shutting down; retry on another replica",
-                retry_after_s=1,
-            )
+            raise shutting_down(probe)
         self.client.status().check(probe)
 
     def check_inflight(self) -> None:
         limit = self.settings.max_inflight
         if self.inflight >= limit:
             # Before the body is read: a request past the bound costs no memory for it.
-            raise ServerBusy(
-                f"the server is already handling {self.inflight} inference requests, its "
-                f"limit (DVN_MAX_INFLIGHT={limit}); retry after Retry-After, or on another "
-                "replica",
-                retry_after_s=1,
-            )
+            raise too_many_inflight(self.inflight, limit)
 
     def task(self, name: str) -> TaskEntry:
         """Raises UnknownTask (404), naming the tasks served; NotReady before the checkpoint's

@@ -27,7 +27,8 @@ from fastapi.responses import JSONResponse, Response
 from model_store.manifest import TaskEntry
 from server.budget import parse_budget
 from server.engine.outcome import ClientDisconnected
-from server.errors import ALL_ERRORS, InvalidInput, InvalidParameter, NotFound, ServeError
+from server.engine.selection import check_level
+from server.errors import ALL_ERRORS, InvalidInput, NotFound, ServeError
 from server.http.decode import check_array
 from server.http.encode import infer_headers
 from server.http.frontend import FrontEnd
@@ -266,13 +267,9 @@ async def _infer(request: Request, task: str, version: str | None) -> Response:
         params = dvn_parameters(infer_request.parameters)
         log.update(budget=params.budget)
         budget = parse_budget(params.budget)
+        check_level(entry, params.level)
         if params.level is None:  # a pinned level is served as asked
             fe.client.admit(entry.name, budget, elapsed(request))
-        if params.level is not None and not 1 <= params.level <= len(entry.levels):
-            raise InvalidParameter(
-                f"level {params.level} is out of range for task {entry.name!r}: use "
-                f"1..{len(entry.levels)}"
-            )
         names = requested_outputs(infer_request, task)
         spec = fe.spec(task)
         array, pixels = input_array(infer_request, task)

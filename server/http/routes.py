@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from model_store.manifest import TaskEntry
 from server.budget import parse_budget
 from server.engine.outcome import ClientDisconnected
-from server.errors import ALL_ERRORS, InvalidParameter
+from server.engine.selection import check_level
+from server.errors import ALL_ERRORS
 from server.http.decode import decode
 from server.http.encode import infer_body, infer_headers
 from server.http.frontend import FrontEnd
@@ -84,14 +85,10 @@ async def infer(task: str, request: Request) -> Response:
         nonlocal query
         query = parse_infer_query(request.query_params)
         parsed = parse_budget(query.budget)
+        check_level(entry, query.level)
         if query.level is None:  # a pinned level is served as asked
             # before the body is read: a refusal costs no body
             fe.client.admit(entry.name, parsed, elapsed(request))
-        if query.level is not None and not 1 <= query.level <= len(entry.levels):
-            raise InvalidParameter(
-                f"level {query.level} is out of range for task {entry.name!r}: use "
-                f"1..{len(entry.levels)}"
-            )
         settings = fe.settings
         body = await read_body(request, settings.max_body_bytes)
         inputs = decode(
@@ -186,10 +183,7 @@ async def archive_response(fe: FrontEnd, entry: TaskEntry, level: int) -> Respon
 )
 async def export_level(task: str, level: int, fe: FrontEndDep) -> Response:
     entry = fe.task(task)
-    if not 1 <= level <= len(entry.levels):
-        raise InvalidParameter(
-            f"level {level} is out of range for task {entry.name!r}: use 1..{len(entry.levels)}"
-        )
+    check_level(entry, level)
     return await archive_response(fe, entry, level)
 
 
