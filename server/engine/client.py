@@ -239,8 +239,9 @@ class MPClient(EngineClient):
     ``max_inflight`` bounds the inference requests this front end has at the engine: past
     it, 429 ``server_busy`` at once (the engine is never sent more than it was allowed, so
     ZMQ's high-water mark is never where a request is dropped). ``status_interval_s``: how
-    often the engine's status is asked; an engine that does not answer within
-    ``down_after_s`` is down, and so is one whose connection drops.
+    often the engine's status is asked. An engine whose connection drops is down at once (a
+    dead process); one that does not answer its status within ``down_after_s`` is down too
+    (a hung one): long enough that a busy engine on a loaded machine is not taken for dead.
     """
 
     def __init__(
@@ -251,7 +252,7 @@ class MPClient(EngineClient):
         *,
         max_inflight: int,
         status_interval_s: float = 0.05,
-        down_after_s: float = 1.0,
+        down_after_s: float = 10.0,
         call_timeout_s: float = 30.0,
     ) -> None:
         self.address = address

@@ -331,7 +331,7 @@ class Engine:
         examples = int(inputs.shape[0])
         self.forecast.arrivals.add(examples)
         selection = self.select(task, examples, budget, level, on_miss)
-        if level is None and budget is not None and budget.latency_s is not None:
+        if level is None and on_miss == "degrade" and budget is not None and budget.latency_s:
             late = selection.predicted_latency_s > budget.latency_s
             elapsed = time.perf_counter() - arrival
             refusal = late and shed_for(budget, self.admission(task.name), elapsed)

@@ -268,7 +268,7 @@ async def _infer(request: Request, task: str, version: str | None) -> Response:
         log.update(budget=params.budget)
         budget = parse_budget(params.budget)
         check_level(entry, params.level)
-        if params.level is None:  # a pinned level is served as asked
+        if params.level is None and params.on_miss == "degrade":  # else: as asked, or 503
             fe.client.admit(entry.name, budget, elapsed(request))
         names = requested_outputs(infer_request, task)
         spec = fe.spec(task)

@@ -86,7 +86,7 @@ async def infer(task: str, request: Request) -> Response:
         query = parse_infer_query(request.query_params)
         parsed = parse_budget(query.budget)
         check_level(entry, query.level)
-        if query.level is None:  # a pinned level is served as asked
+        if query.level is None and query.on_miss == "degrade":  # else: as asked, or 503
             # before the body is read: a refusal costs no body
             fe.client.admit(entry.name, parsed, elapsed(request))
         settings = fe.settings

@@ -101,7 +101,8 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path, heavy_checkpoint: Path) 
     The heavy checkpoint's level 4 takes tens of milliseconds an example, so the accepted
     requests are still being computed when the signal arrives, however fast the machine."""
     rng = np.random.default_rng(1)
-    body = npy(rng.standard_normal((1, 3, 32, 32), dtype=np.float32))
+    # 4 examples a request, over max_batch_size: one forward of 4 each
+    body = npy(rng.standard_normal((4, 3, 32, 32), dtype=np.float32))
     accepted_n = 12
     args = ("--max-batch-size", "1")
     with dvn_serve(heavy_checkpoint, tmp_path / "serve.log", *args) as server:
