@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 EXAMPLES = """examples:
@@ -17,6 +18,7 @@ EXAMPLES = """examples:
   dvn bench transport                           # load generator CPU/request by HTTP transport
   dvn bench soak                                # 100,000 requests: none lost, memory flat
   dvn bench overload                            # goodput past capacity, closed and open loop
+  dvn bench refusal                             # CPU of a refusal vs an answer, per process
   dvn bench overload --budget 20ms --duration 2 --server-args "--workers 2"
   dvn bench soak --requests 20000 --concurrency 8 --budget-mix "none:1,5ms:1"
 
@@ -130,6 +132,15 @@ def register(sub: Any) -> None:
     )
     ov.add_argument("--quiet", action="store_true", help="no progress lines")
     ov.set_defaults(handler=_overload)
+
+    rf = which.add_parser(
+        "refusal", help="CPU of a refused request against an answered one, per process"
+    )
+    rf.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    rf.add_argument("--out", default="bench/results", help="where to write refusal.json/.md")
+    rf.add_argument("--requests", type=int, default=2000, help="requests per kind and round")
+    rf.add_argument("--clients", type=int, default=4, help="closed-loop clients (4)")
+    rf.set_defaults(handler=_refusal)
 
     al = which.add_parser("all", help="every benchmark, then docs/benchmarks.md")
     _common_args(al)
@@ -289,6 +300,14 @@ def _overload(args: argparse.Namespace) -> int:
     )
     report = run_overload(args.checkpoint, args.out, options)
     print(report.read_text())
+    return 0
+
+
+def _refusal(args: argparse.Namespace) -> int:
+    from bench.refusal import run
+
+    data = run(args.out, checkpoint=args.checkpoint, requests=args.requests, clients=args.clients)
+    print(json.dumps(data["cpu_us_per_request"], indent=2))
     return 0
 
 
