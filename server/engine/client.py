@@ -51,7 +51,10 @@ from server.errors import (
 )
 from server.logs import SERVER
 
-ENGINE_DOWN = "the inference engine is not answering (restarting after a failure); retry shortly"
+ENGINE_DOWN = (
+    "the inference engine is not answering (starting, or restarting after a failure); "
+    "retry shortly"
+)
 
 
 @dataclass(frozen=True)
