@@ -76,7 +76,7 @@ PRESETS: dict[str, TrainConfig] = {
     "standard": TrainConfig(
         name="standard",
         architecture="wrn-standard",
-        epochs=8,
+        epochs=6,
         batch_size=64,
         lr=0.05,
         n_train=5000,
