@@ -5,6 +5,7 @@ one-unit DVN, trained alone with the same recipe)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,11 @@ def train_baselines(
 
 
 def train_separate(
-    config: TrainConfig, device: str = "auto", progress: bool = True
+    config: TrainConfig,
+    device: str = "auto",
+    progress: bool = True,
+    only: Sequence[str] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train a separate network for every (task, level) of the DVN ``config`` describes.
 
@@ -37,7 +42,9 @@ def train_separate(
     while the DVN trains. Each network learns plain cross-entropy with the config's recipe
     (in-place distillation and level weights are the DVN's and have no meaning for a
     one-level network), for as many steps as the DVN trains: a task smaller than the
-    largest (digits) gets as many batches as it gets inside the DVN. Returns rows of ``task``, ``level``, ``params`` and
+    largest (digits) gets as many batches as it gets inside the DVN. ``only`` restricts
+    the networks to those tasks (the step count still comes from every task), so two
+    processes can share the work; ``on_row`` receives each row as soon as it is measured. Returns rows of ``task``, ``level``, ``params`` and
     ``separate_accuracy``.
     """
     dev = pick_device(device)
@@ -53,6 +60,8 @@ def train_separate(
     steps = epoch_steps(tasks, config.batch_size)  # as many steps as the DVN gives each task
     rows: list[dict[str, Any]] = []
     for t, held in enumerate(tasks):
+        if only is not None and held.spec.name not in only:
+            continue
         for level in range(1, dvn_config.num_levels + 1):
             torch.manual_seed(config.seed)
             net = DVN(
@@ -75,14 +84,15 @@ def train_separate(
                 steps_per_epoch=steps,
             )
             acc = accuracy_of(net, 0, 1, held.x_test, held.y_test, dev)
-            rows.append(
-                {
-                    "task": held.spec.name,
-                    "level": level,
-                    "params": params,
-                    "separate_accuracy": round(acc, 4),
-                }
-            )
+            row = {
+                "task": held.spec.name,
+                "level": level,
+                "params": params,
+                "separate_accuracy": round(acc, 4),
+            }
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 
