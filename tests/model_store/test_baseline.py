@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model_store.baseline import train_baselines, write_comparison
+from model_store.baseline import train_baselines, train_separate, write_comparison
 from model_store.checkpoint import read_manifest
 from model_store.presets import get_preset
 
@@ -79,3 +79,12 @@ def test_write_comparison_refuses_networks_of_another_size(
         f"checkpoint's level {first.params:,}: trained for another architecture; train the "
         "baseline from the checkpoint's own config"
     )
+
+
+def test_train_separate_of_some_tasks_reports_each_row() -> None:
+    config = get_preset("tiny").model_copy(update={"epochs": 1})
+    seen: list[dict[str, object]] = []
+    rows = train_separate(config, device="cpu", progress=False, only=["shapes"], on_row=seen.append)
+    assert seen == rows
+    assert [(r["task"], r["level"]) for r in rows] == [("shapes", level) for level in (1, 2, 3, 4)]
+    assert all(0.0 <= float(str(r["separate_accuracy"])) <= 1.0 for r in rows)
