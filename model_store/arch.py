@@ -65,6 +65,12 @@ ARCHITECTURES: dict[str, Backbone] = {
     "resnet-tiny": Backbone(widths=(8, 16), blocks=(1, 1), num_units=4),
     # The shipped demo: small enough to train in minutes on 2 CPU cores.
     "resnet-demo": Backbone(widths=(24, 48, 96), blocks=(1, 1, 1), num_units=4),
+    # The standard checkpoint (32x32 inputs): one wide block a stage, 1.5 M parameters at
+    # the top level. Few, wide layers keep a small level's CPU time near its FLOP share at
+    # batch 1 (per-layer overhead and narrow GEMMs floor it); see docs/training.md.
+    "wrn-standard": Backbone(widths=(128, 128, 256), blocks=(1, 1, 1), num_units=4),
+    # Its shape at 1/8 the width: for tests of the standard preset.
+    "wrn-standard-tiny": Backbone(widths=(16, 16, 32), blocks=(1, 1, 1), num_units=4),
     # The paper's CIFAR setting (Table 1): WRN-32-4, (32 - 2) / 6 = 5 blocks a stage, 2 units.
     "wrn-32-4": Backbone(widths=(64, 128, 256), blocks=(5, 5, 5), num_units=2),
     # The paper's Tiny-ImageNet backbone, 4 units.

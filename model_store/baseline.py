@@ -5,18 +5,19 @@ one-unit DVN, trained alone with the same recipe)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model_store.arch import Backbone, DVNConfig
+from model_store.arch import DVNConfig, get_architecture
 from model_store.checkpoint import read_manifest
 from model_store.costs import level_params
 from model_store.evaluate import accuracy_of
 from model_store.model import DVN
 from model_store.presets import TrainConfig
-from model_store.train import fit, load_tasks, pick_device
+from model_store.train import epoch_steps, fit, load_tasks, pick_device
 
 
 def train_baselines(
@@ -24,46 +25,110 @@ def train_baselines(
 ) -> Path:
     """Train the separate networks, write ``baseline.json``, ``baseline.md`` and
     ``baseline.png`` next to the checkpoint, and return the markdown file's path."""
-    out = Path(checkpoint_dir)
-    manifest = read_manifest(out)
+    separate = train_separate(config, device=device, progress=progress)
+    return write_comparison(checkpoint_dir, separate, checkpoint_dir)
+
+
+def train_separate(
+    config: TrainConfig,
+    device: str = "auto",
+    progress: bool = True,
+    only: Sequence[str] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train a separate network for every (task, level) of the DVN ``config`` describes.
+
+    Needs no trained DVN (the sizes come from the config's architecture), so it can run
+    while the DVN trains. Each network learns plain cross-entropy with the config's recipe
+    (in-place distillation and level weights are the DVN's and have no meaning for a
+    one-level network), for as many steps as the DVN trains: a task smaller than the
+    largest (digits) gets as many batches as it gets inside the DVN. ``only`` restricts
+    the networks to those tasks (the step count still comes from every task), so two
+    processes can share the work; ``on_row`` receives each row as soon as it is measured. Returns rows of ``task``, ``level``, ``params`` and
+    ``separate_accuracy``.
+    """
     dev = pick_device(device)
-    data = {d.spec.name: d for d in load_tasks(config)}
+    recipe = config.model_copy(update={"distill": 0.0, "level_weights": None})
+    tasks = load_tasks(config)
+    dvn_config = DVNConfig.create(
+        get_architecture(config.architecture),
+        [d.spec for d in tasks],
+        unit_orders=config.unit_orders,
+        arch_name=config.architecture,
+    )
+    sizes = DVN(dvn_config)
+    steps = epoch_steps(tasks, config.batch_size)  # as many steps as the DVN gives each task
     rows: list[dict[str, Any]] = []
-    for task in manifest.tasks:
-        held = data[task.name]
-        for lv in task.levels:
+    for t, held in enumerate(tasks):
+        if only is not None and held.spec.name not in only:
+            continue
+        for level in range(1, dvn_config.num_levels + 1):
             torch.manual_seed(config.seed)
             net = DVN(
                 DVNConfig(
-                    backbone=Backbone.from_dict(manifest.architecture.backbone).scaled(
-                        len(lv.units)
-                    ),
+                    backbone=dvn_config.backbone.scaled(level),
                     tasks=(held.spec,),
                     unit_orders=((0,),),
-                    arch_name=f"separate-{task.name}-level{lv.level}",
+                    arch_name=f"separate-{held.spec.name}-level{level}",
                 )
             )
             params = level_params(net, 0, 1)
-            assert params == lv.params, (params, lv.params)  # same size by construction
+            assert params == level_params(sizes, t, level)  # same size by construction
             fit(
-                net,
-                [held],
-                config,
-                dev,
-                desc=f"separate {task.name} L{lv.level}",
+                model=net,
+                tasks=[held],
+                config=recipe,
+                device=dev,
+                desc=f"separate {held.spec.name} L{level}",
                 progress=progress,
+                steps_per_epoch=steps,
             )
             acc = accuracy_of(net, 0, 1, held.x_test, held.y_test, dev)
+            row = {
+                "task": held.spec.name,
+                "level": level,
+                "params": params,
+                "separate_accuracy": round(acc, 4),
+            }
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def write_comparison(
+    checkpoint_dir: str | Path, separate: list[dict[str, Any]], out_dir: str | Path
+) -> Path:
+    """Join :func:`train_separate`'s rows with the checkpoint's stored accuracies; write
+    ``baseline.json``, ``baseline.md`` and ``baseline.png`` into ``out_dir`` and return
+    the markdown file's path.
+
+    Raises:
+        ValueError: a row's size differs from the checkpoint's level (another architecture).
+    """
+    ckpt = Path(checkpoint_dir)
+    manifest = read_manifest(ckpt)
+    by_key = {(r["task"], r["level"]): r for r in separate}
+    rows: list[dict[str, Any]] = []
+    for task in manifest.tasks:
+        for lv in task.levels:
+            row = by_key[(task.name, lv.level)]
+            if row["params"] != lv.params:
+                raise ValueError(
+                    f"separate network for {task.name} level {lv.level} has {row['params']:,} "
+                    f"params, the checkpoint's level {lv.params:,}: trained for another "
+                    "architecture; train the baseline from the checkpoint's own config"
+                )
             rows.append(
                 {
                     "task": task.name,
                     "level": lv.level,
                     "params": lv.params,
                     "dvn_accuracy": None if lv.accuracy is None else lv.accuracy.value,
-                    "separate_accuracy": round(acc, 4),
+                    "separate_accuracy": row["separate_accuracy"],
                 }
             )
-    dvn_total = (out / "weights.safetensors").stat().st_size
+    dvn_total = (ckpt / "weights.safetensors").stat().st_size
     separate_total = sum(r["params"] for r in rows) * 4
     report = {
         "checkpoint": manifest.name,
@@ -72,6 +137,8 @@ def train_baselines(
         "separate_networks_bytes": separate_total,
         "memory_ratio": round(separate_total / dvn_total, 2),
     }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "baseline.json").write_text(json.dumps(report, indent=2) + "\n")
     md = out / "baseline.md"
     md.write_text(_markdown(report))

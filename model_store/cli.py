@@ -10,6 +10,7 @@ EXAMPLES_TRAIN = """examples:
   dvn train --preset demo --out model_store/checkpoints/demo
   dvn train --preset tiny --out /tmp/tiny --baseline
   dvn train --preset demo --out model_store/checkpoints/demo --baseline-only
+  dvn train --preset standard --out model_store/checkpoints/standard --threads 1
   dvn train --config my-tasks.toml --out runs/mine
   dvn train --preset cifar-j1 --data-dir ~/data --out runs/cifar   # needs CIFAR on disk, a GPU
 """
@@ -25,7 +26,7 @@ def register(sub: Any) -> None:
         formatter_class=fmt,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="tiny, demo or cifar-j1")
+    src.add_argument("--preset", help="tiny, demo, standard, standard-tiny or cifar-j1")
     src.add_argument("--config", help="a .json or .toml training config (see docs/training.md)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--epochs", type=int, help="override the config's epochs")

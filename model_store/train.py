@@ -37,10 +37,21 @@ def load_tasks(config: TrainConfig) -> list[TaskData]:
     found = []
     for source in config.tasks:
         if source == "digits":  # a fixed data set: n_train/n_test size the generated ones
-            found.append(builtin_task(source, seed=config.seed))
+            found.append(
+                builtin_task(
+                    source, seed=config.seed, size=config.input_size, color_mode=config.color_mode
+                )
+            )
         elif source in BUILTIN_TASKS:
             found.append(
-                builtin_task(source, seed=config.seed, n_train=config.n_train, n_test=config.n_test)
+                builtin_task(
+                    source,
+                    seed=config.seed,
+                    n_train=config.n_train,
+                    n_test=config.n_test,
+                    size=config.input_size,
+                    color_mode=config.color_mode,
+                )
             )
         else:
             path = Path(source).expanduser()
@@ -85,6 +96,65 @@ def _batches(
             yield x[idx], y[idx]
 
 
+def epoch_steps(tasks: Sequence[TaskData], batch_size: int) -> int:
+    """Steps of an epoch: one pass over the largest task's training split."""
+    return max(math.ceil(len(d.y_train) / batch_size) for d in tasks)
+
+
+def level_weights(config: TrainConfig, num_levels: int) -> list[float]:
+    """The loss weight of each level (level 1 first): the config's, or all 1.
+
+    Raises:
+        ValueError: the config gives a different number of weights than there are levels.
+    """
+    if config.level_weights is None:
+        return [1.0] * num_levels
+    if len(config.level_weights) != num_levels:
+        raise ValueError(
+            f"level_weights has {len(config.level_weights)} values for a model of "
+            f"{num_levels} levels; give one per level, level 1 first"
+        )
+    return list(config.level_weights)
+
+
+def task_loss(
+    logits: dict[int, Tensor], target: Tensor, config: TrainConfig, weights: Sequence[float]
+) -> Tensor:
+    """One task's loss over the levels in ``logits`` (level -> (B, classes) logits).
+
+    The largest level learns cross-entropy. Every other level learns
+    ``(1 - distill) * CE + distill * T^2 * KL(p_top || p_level)`` with ``p = softmax(z / T)``
+    and the top level's logits detached (in-place distillation: the small levels follow
+    the top one, whose gradient is its own cross-entropy alone). Each level's term is
+    scaled by ``weights[level - 1]``.
+    """
+    top = max(logits)
+    temperature = config.distill_temperature
+    soft_top = F.softmax(logits[top].detach() / temperature, dim=1)  # (B, classes)
+    total = torch.zeros((), device=target.device)
+    for level, z in logits.items():
+        loss = F.cross_entropy(z, target)
+        if level != top and config.distill > 0:
+            kd = F.kl_div(F.log_softmax(z / temperature, dim=1), soft_top, reduction="batchmean")
+            loss = (1 - config.distill) * loss + config.distill * temperature**2 * kd
+        total = total + weights[level - 1] * loss
+    return total
+
+
+def objective(config: TrainConfig) -> str:
+    """The training objective in words, for the manifest."""
+    text = "sum over tasks and levels of cross-entropy (DVN.md)"
+    if config.distill > 0:
+        text += (
+            f"; levels below the top: {1 - config.distill:g} x cross-entropy + "
+            f"{config.distill:g} x T^2 KL from the top level's detached predictions "
+            f"(in-place distillation, T = {config.distill_temperature:g})"
+        )
+    if config.level_weights is not None:
+        text += f"; level weights {config.level_weights}"
+    return text
+
+
 @dataclass(frozen=True)
 class TrainResult:
     manifest: Manifest
@@ -100,16 +170,25 @@ def fit(
     levels: Sequence[int] | None = None,
     desc: str = "train",
     progress: bool = True,
+    steps_per_epoch: int | None = None,
 ) -> None:
-    """Train ``model`` in place on the summed loss of ``levels`` (all by default) of every
-    task."""
+    """Train ``model`` in place on the summed loss (:func:`task_loss`) of ``levels`` (all by
+    default) of every task. An epoch is ``steps_per_epoch`` steps (by default one pass over
+    the largest task's training split; a step draws a batch of every task).
+
+    Raises:
+        ValueError: ``config.level_weights`` does not match the model's levels.
+        FloatingPointError: the loss stops being finite.
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)
-    levels = list(levels or range(1, model.config.num_levels + 1))
+    levels = sorted(levels or range(1, model.config.num_levels + 1), reverse=True)  # top first
+    weights = level_weights(config, model.config.num_levels)
     model.to(device).train()
     streams = [_batches(d, config.batch_size, device, rng) for d in tasks]
-    steps_per_epoch = max(math.ceil(len(d.y_train) / config.batch_size) for d in tasks)
+    if steps_per_epoch is None:
+        steps_per_epoch = epoch_steps(tasks, config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
     decay: list[torch.nn.Parameter] = []
@@ -139,8 +218,8 @@ def fit(
         for t, stream in enumerate(streams):
             xb, yb = next(stream)
             xb = augment(xb, config.augment, gen)
-            for level in levels:
-                loss = loss + F.cross_entropy(model(xb, t, level), yb)
+            logits = {level: model(xb, t, level) for level in levels}
+            loss = loss + task_loss(logits, yb, config, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
@@ -185,7 +264,7 @@ def train(
         "seed": config.seed,
         "device": str(dev),
         "duration_s": round(seconds, 1),
-        "objective": "sum over tasks and levels of cross-entropy (DVN.md)",
+        "objective": objective(config),
     }
     model.cpu()
     manifest = save(

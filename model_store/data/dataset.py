@@ -122,6 +122,36 @@ def make_task_data(
     )
 
 
+def resample(
+    x: npt.NDArray[np.floating[Any]], size: int | None, color_mode: ColorMode | None
+) -> FloatArray:
+    """[0, 1]-scale pixels (N, C, H, W) resized to ``size`` x ``size`` and converted to
+    ``color_mode``; ``None`` keeps that part as it is.
+
+    Resizing is bilinear with half-pixel centres (``align_corners=False``), as PIL's
+    bilinear resize of an upload is; grey becomes RGB by repeating the channel and RGB
+    becomes grey by ITU-R 601 luma, as PIL's ``convert`` does.
+    """
+    out = np.asarray(x, dtype=np.float32)
+    if size is not None and out.shape[2:] != (size, size):
+        import torch  # imported here: the data layer needs torch only to resample
+        import torch.nn.functional as F
+
+        resized = F.interpolate(
+            torch.from_numpy(np.ascontiguousarray(out)),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+        )
+        out = resized.numpy().clip(0.0, 1.0)
+    if color_mode == "RGB" and out.shape[1] == 1:
+        out = np.repeat(out, 3, axis=1)
+    elif color_mode == "L" and out.shape[1] == 3:
+        luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)[None, :, None, None]
+        out = (out * luma).sum(axis=1, keepdims=True, dtype=np.float32)
+    return out
+
+
 def _normalise(
     x: npt.NDArray[np.floating[Any]], mean: npt.NDArray[np.float64], std: npt.NDArray[np.float64]
 ) -> FloatArray:

@@ -12,7 +12,14 @@ from tests.model_store.conftest import COLOR, GRAY
 
 
 def test_registry_names() -> None:
-    assert sorted(ARCHITECTURES) == ["resnet-42", "resnet-demo", "resnet-tiny", "wrn-32-4"]
+    assert sorted(ARCHITECTURES) == [
+        "resnet-42",
+        "resnet-demo",
+        "resnet-tiny",
+        "wrn-32-4",
+        "wrn-standard",
+        "wrn-standard-tiny",
+    ]
     assert get_architecture("resnet-tiny") == Backbone(widths=(8, 16), blocks=(1, 1), num_units=4)
     # The paper's CIFAR setting: WRN-32-4, 2 units.
     assert get_architecture("wrn-32-4") == Backbone((64, 128, 256), (5, 5, 5), 2)
@@ -23,7 +30,7 @@ def test_unknown_architecture_lists_the_valid_names() -> None:
         get_architecture("resnet-9000")
     assert str(info.value) == (
         "unknown architecture 'resnet-9000'; valid names: "
-        "resnet-42, resnet-demo, resnet-tiny, wrn-32-4"
+        "resnet-42, resnet-demo, resnet-tiny, wrn-32-4, wrn-standard, wrn-standard-tiny"
     )
 
 

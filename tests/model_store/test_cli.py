@@ -221,4 +221,7 @@ def test_train_refuses_an_unknown_preset(
 ) -> None:
     code, _, err = dvn(capsys, "train", "--preset", "huge", "--out", str(tmp_path / "x"))
     assert code == 1
-    assert err == "dvn train: error: unknown preset 'huge'; valid presets: cifar-j1, demo, tiny\n"
+    assert err == (
+        "dvn train: error: unknown preset 'huge'; valid presets: cifar-j1, demo, standard, "
+        "standard-tiny, tiny\n"
+    )

@@ -10,7 +10,7 @@ from model_store.presets import PRESETS, TrainConfig, get_preset, load_config
 
 
 def test_presets() -> None:
-    assert sorted(PRESETS) == ["cifar-j1", "demo", "tiny"]
+    assert sorted(PRESETS) == ["cifar-j1", "demo", "standard", "standard-tiny", "tiny"]
     tiny = get_preset("tiny")
     assert (tiny.architecture, tiny.tasks, tiny.epochs) == ("resnet-tiny", ["digits", "shapes"], 2)
     cifar = get_preset("cifar-j1")
@@ -21,7 +21,9 @@ def test_presets() -> None:
 def test_unknown_preset_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError) as info:
         get_preset("huge")
-    assert str(info.value) == "unknown preset 'huge'; valid presets: cifar-j1, demo, tiny"
+    assert str(info.value) == (
+        "unknown preset 'huge'; valid presets: cifar-j1, demo, standard, standard-tiny, tiny"
+    )
 
 
 def test_json_config(tmp_path: Path) -> None:
@@ -77,6 +79,24 @@ def test_toml_config(tmp_path: Path) -> None:
             'unit_orders = [[0, "x"]]\n',
             "unit_orders.0.1: Input should be a valid integer, unable to parse string as an "
             "integer",
+        ),
+        (
+            "a.toml",
+            "distill = 1.5\ndistill_temperature = 0\n",
+            "distill: Input should be less than or equal to 1; distill_temperature: Input "
+            "should be greater than 0",
+        ),
+        (
+            "a.toml",
+            "level_weights = [1, -1]\n",
+            "level_weights: Value error, level weights must be >= 0 with at least one > 0, "
+            "got [1.0, -1.0]",
+        ),
+        (
+            "a.toml",
+            'input_size = 2\ncolor_mode = "CMYK"\n',
+            "input_size: Input should be greater than or equal to 4; color_mode: Input "
+            "should be 'L' or 'RGB'",
         ),
     ],
 )

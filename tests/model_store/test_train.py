@@ -14,7 +14,14 @@ from model_store.checkpoint import load, read_manifest
 from model_store.data import TaskData
 from model_store.model import DVN
 from model_store.presets import TrainConfig, get_preset
-from model_store.train import augment, fit, load_tasks
+from model_store.train import (
+    augment,
+    fit,
+    level_weights,
+    load_tasks,
+    objective,
+    task_loss,
+)
 from tests.model_store.conftest import GRAY
 
 DIGITS_SOURCE = (
@@ -194,3 +201,115 @@ def test_load_tasks_reads_paths_under_data_dir(tmp_path: Path) -> None:
     [blobs] = load_tasks(config)
     assert blobs.spec.classes == ("a", "b", "c")
     assert blobs.n_train + blobs.n_test == 30
+
+
+# --- the objective: in-place distillation and level weights ---------------------------
+
+
+def logits_of(seed: int, levels: tuple[int, ...] = (1, 2, 3, 4)) -> dict[int, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {lv: torch.randn(6, 5, generator=gen, requires_grad=True) for lv in levels}
+
+
+TARGET = torch.tensor([0, 1, 2, 3, 4, 0])
+
+
+def test_task_loss_without_distillation_is_the_summed_cross_entropy() -> None:
+    logits = logits_of(0)
+    expected = sum(F.cross_entropy(z, TARGET) for z in logits.values())
+    got = task_loss(logits, TARGET, TrainConfig(), [1.0] * 4)
+    torch.testing.assert_close(got, expected)
+
+
+def test_task_loss_with_level_weights() -> None:
+    logits = logits_of(0)
+    weights = [0.5, 0.0, 2.0, 1.0]
+    expected = sum(
+        w * F.cross_entropy(logits[lv], TARGET) for lv, w in zip(logits, weights, strict=True)
+    )
+    got = task_loss(logits, TARGET, TrainConfig(level_weights=weights), weights)
+    torch.testing.assert_close(got, expected)
+
+
+def test_full_distillation_teaches_small_levels_the_top_levels_predictions() -> None:
+    logits = logits_of(1)
+    config = TrainConfig(distill=1.0, distill_temperature=2.0)
+    top = logits[4]
+    soft = F.softmax(top.detach() / 2.0, dim=1)
+    expected = F.cross_entropy(top, TARGET) + sum(
+        4.0 * F.kl_div(F.log_softmax(logits[lv] / 2.0, dim=1), soft, reduction="batchmean")
+        for lv in (1, 2, 3)
+    )
+    loss = task_loss(logits, TARGET, config, [1.0] * 4)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()  # type: ignore[no-untyped-call]
+    # The top level learns its own cross-entropy alone: the small levels' terms are detached.
+    own = torch.autograd.grad(F.cross_entropy(top, TARGET), top)[0]
+    assert top.grad is not None
+    torch.testing.assert_close(top.grad, own)
+
+
+def test_distillation_of_a_level_that_agrees_with_the_top_costs_nothing() -> None:
+    top = torch.randn(6, 5)
+    logits = {1: top.clone(), 4: top.clone()}
+    config = TrainConfig(distill=1.0)
+    loss = task_loss(logits, TARGET, config, [1.0] * 4)
+    torch.testing.assert_close(loss, F.cross_entropy(top, TARGET))
+
+
+def test_half_distillation_mixes_labels_and_the_top_level() -> None:
+    logits = logits_of(2, levels=(2, 4))
+    config = TrainConfig(distill=0.25)
+    soft = F.softmax(logits[4].detach(), dim=1)
+    kd = F.kl_div(F.log_softmax(logits[2], dim=1), soft, reduction="batchmean")
+    expected = F.cross_entropy(logits[4], TARGET) + (
+        0.75 * F.cross_entropy(logits[2], TARGET) + 0.25 * kd
+    )
+    torch.testing.assert_close(task_loss(logits, TARGET, config, [1.0] * 4), expected)
+
+
+def test_level_weights_must_match_the_levels() -> None:
+    assert level_weights(TrainConfig(), 4) == [1.0, 1.0, 1.0, 1.0]
+    assert level_weights(TrainConfig(level_weights=[1, 1, 2, 4]), 4) == [1.0, 1.0, 2.0, 4.0]
+    config = QUICK.model_copy(update={"level_weights": [1.0, 2.0]})
+    with pytest.raises(ValueError) as info:
+        fit(gray_model(), [separable_task()], config, torch.device("cpu"), progress=False)
+    assert str(info.value) == (
+        "level_weights has 2 values for a model of 4 levels; give one per level, level 1 first"
+    )
+
+
+def test_fit_with_distillation_reduces_the_summed_loss() -> None:
+    data = separable_task()
+    model = gray_model()
+    before = summed_loss(model, data)
+    config = QUICK.model_copy(update={"distill": 1.0, "level_weights": [1.0, 1.0, 1.0, 2.0]})
+    fit(model, [data], config, torch.device("cpu"), progress=False)
+    assert summed_loss(model, data) < before
+
+
+@pytest.mark.parametrize(
+    ("config", "text"),
+    [
+        (TrainConfig(), "sum over tasks and levels of cross-entropy (DVN.md)"),
+        (
+            TrainConfig(distill=0.5, distill_temperature=4, level_weights=[1, 1, 1, 2]),
+            "sum over tasks and levels of cross-entropy (DVN.md); levels below the top: 0.5 x "
+            "cross-entropy + 0.5 x T^2 KL from the top level's detached predictions (in-place "
+            "distillation, T = 4); level weights [1.0, 1.0, 1.0, 2.0]",
+        ),
+    ],
+)
+def test_objective_in_words(config: TrainConfig, text: str) -> None:
+    assert objective(config) == text
+
+
+def test_load_tasks_resamples_the_builtin_tasks() -> None:
+    config = TrainConfig(
+        tasks=["digits", "textures"], n_train=16, n_test=10, input_size=12, color_mode="RGB"
+    )
+    digits, textures = load_tasks(config)
+    for data in (digits, textures):
+        assert data.spec.input_shape == (3, 12, 12)
+        assert data.x_train.shape[1:] == (3, 12, 12)
+        assert "resampled bilinearly to 12x12 and converted to RGB" in data.source

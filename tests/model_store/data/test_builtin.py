@@ -11,6 +11,7 @@ from model_store.data import (
     TaskData,
     builtin_task,
 )
+from model_store.data.dataset import resample
 from tests.model_store.data.files import raw_pixels
 
 
@@ -106,3 +107,57 @@ def test_builtin_rejects_impossible_sizes() -> None:
         builtin_task("shapes", n_train=0)
     with pytest.raises(ValueError, match=r"^digits has 359 examples for n_test, asked for 500$"):
         builtin_task("digits", n_test=500)
+
+
+# --- resampling to another geometry ---------------------------------------------------
+
+
+def test_resample_keeps_what_it_is_not_asked_to_change() -> None:
+    x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(resample(x, None, None), x)
+    np.testing.assert_array_equal(resample(x, 8, "L"), x)
+
+
+def test_resample_grey_to_rgb_repeats_the_channel() -> None:
+    x = np.random.default_rng(0).random((2, 1, 4, 4)).astype(np.float32)
+    out = resample(x, None, "RGB")
+    assert out.shape == (2, 3, 4, 4)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, c], x[:, 0])
+
+
+def test_resample_rgb_to_grey_is_luma() -> None:
+    x = np.zeros((1, 3, 2, 2), dtype=np.float32)
+    x[0, 0] = 1.0  # pure red
+    np.testing.assert_allclose(resample(x, None, "L"), np.full((1, 1, 2, 2), 0.299), rtol=1e-6)
+
+
+def test_resample_upsamples_bilinearly() -> None:
+    flat = np.full((1, 1, 8, 8), 0.25, dtype=np.float32)
+    np.testing.assert_allclose(resample(flat, 32, None), np.full((1, 1, 32, 32), 0.25))
+    ramp = np.array([[[[0.0, 1.0]]]], dtype=np.float32)  # (1, 1, 1, 2)
+    # Half-pixel centres: 2 -> 4 samples at 0, 0.25, 0.75, 1 (edges clamp).
+    out = resample(np.repeat(ramp, 2, axis=2), 4, None)
+    np.testing.assert_allclose(out[0, 0, 0], [0.0, 0.25, 0.75, 1.0])
+
+
+def test_builtin_task_at_another_geometry() -> None:
+    data = builtin_task("digits", size=32, color_mode="RGB")
+    assert data.spec.input_shape == (3, 32, 32)
+    assert data.spec.preprocessing.color_mode == "RGB"
+    assert data.x_train.shape == (1438, 3, 32, 32)
+    assert data.source == (
+        "builtin:digits (scikit-learn load_digits, 1797 images 8x8 resampled bilinearly to "
+        "32x32 and converted to RGB; stratified 80/20 split, seed 0; 1438 train / 359 test)"
+    )
+    # The statistics are those of the resampled pixels: the split is normalised.
+    np.testing.assert_allclose(data.x_train.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
+    shapes = builtin_task("shapes", n_train=8, n_test=8, size=24)
+    assert shapes.x_test.shape == (8, 3, 24, 24)
+    assert "16x16 resampled bilinearly to 24x24, seed 0" in shapes.source
+
+
+def test_builtin_task_rejects_a_bad_size() -> None:
+    with pytest.raises(ValueError) as info:
+        builtin_task("shapes", size=0)
+    assert str(info.value) == "size must be at least 1, got 0"
