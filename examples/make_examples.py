@@ -1,5 +1,7 @@
-"""Write the README's example request bodies: one handwritten digit (scikit-learn's
-digits, held-out split) as model-space JSON and .npy, and as a PNG image, plus a batch.
+"""Write the README's example request bodies from scikit-learn's held-out digits: for the
+demo checkpoint (1x8x8, what ``make serve`` serves) ``digit.json``, ``digit.npy`` and
+``digits-batch.npy``; for the standard checkpoint (3x32x32 RGB) the same under
+``standard/``; and one PNG image, which either checkpoint preprocesses as its manifest says.
 
     .venv/bin/python examples/make_examples.py
 """
@@ -17,20 +19,27 @@ from model_store.data import builtin_task
 HERE = Path(__file__).resolve().parent
 
 
+def write(folder: Path, x: np.ndarray) -> None:
+    """One example as model-space JSON and .npy, and the batch ``x`` (B, C, H, W)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "digit.json").write_text(json.dumps({"inputs": np.round(x[0], 4).tolist()}) + "\n")
+    np.save(folder / "digit.npy", x[0])
+    np.save(folder / "digits-batch.npy", x)
+
+
 def main() -> None:
-    digits = builtin_task("digits", seed=0)
-    x, y = digits.x_test[:4], digits.y_test[:4]  # (4, 1, 8, 8) model space
-    (HERE / "digit.json").write_text(json.dumps({"inputs": np.round(x[0], 4).tolist()}) + "\n")
-    np.save(HERE / "digit.npy", x[0])
-    np.save(HERE / "digits-batch.npy", x)
-    prep = digits.spec.preprocessing
+    demo = builtin_task("digits", seed=0)
+    standard = builtin_task("digits", seed=0, size=32, color_mode="RGB")
+    write(HERE, demo.x_test[:4])  # (4, 1, 8, 8)
+    write(HERE / "standard", standard.x_test[:4])  # (4, 3, 32, 32)
+    x, y = demo.x_test[:4], demo.y_test[:4]
+    prep = demo.spec.preprocessing
     pixels = (x[0, 0] * prep.std[0] + prep.mean[0]).clip(0, 1)  # back to [0, 1]
     Image.fromarray((pixels * 255).round().astype(np.uint8), "L").resize(
         (32, 32), Image.NEAREST
     ).save(HERE / "digit.png")
-    print(
-        f"wrote digit.json, digit.npy, digit.png (label {y[0]}) and digits-batch.npy (labels {y.tolist()})"
-    )
+    assert (standard.y_test[:4] == y).all()  # the same held-out digits
+    print(f"wrote digit.json/.npy/.png, digits-batch.npy and standard/ (labels {y.tolist()})")
 
 
 if __name__ == "__main__":
