@@ -37,6 +37,7 @@ from server.http.protocol import Status
 from server.http.routes import ERRORS
 from server.http.routes import infer as infer_endpoint
 from server.http.routes import router as v1_router
+from server.http.warmup import warm_codecs
 from server.logs import SERVER, access, configure_logging
 from server.settings import Settings
 
@@ -280,6 +281,18 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await fe.client.start()
+        # Before the first request: the engine warms the model, each front end its codecs.
+        started = time.perf_counter()
+        warmed = warm_codecs(fe.client.manifest, fe.client.specs)
+        SERVER.info(
+            "front end warmed up",
+            extra={
+                "fields": {
+                    "body_types": sorted(warmed),
+                    "warmup_s": round(time.perf_counter() - started, 3),
+                }
+            },
+        )
         try:
             yield
         finally:
