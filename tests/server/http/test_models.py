@@ -218,7 +218,8 @@ async def test_export_by_memory_budget(client: AppClient, reference: Checkpoint)
         ("/v1/models/nope/levels/1/export", 404, "unknown_task", "unknown task 'nope'; this server serves: digits, shapes"),
         ("/v1/models/digits/levels/0/export", 422, "invalid_parameter", "level 0 is out of range for task 'digits': use 1..4"),
         ("/v1/models/digits/levels/5/export", 422, "invalid_parameter", "level 5 is out of range for task 'digits': use 1..4"),
-        ("/v1/models/digits/levels/top/export", 422, "invalid_parameter", "invalid request parameters: path.level: Input should be a valid integer, unable to parse string as an integer"),
+        ("/v1/models/digits/levels/top/export", 422, "invalid_parameter", "level must be a whole number (1-based), got 'top'"),
+        ("/v1/models/digits/levels/1.0/export", 422, "invalid_parameter", "level must be a whole number (1-based), got '1.0'"),
     ],
 )  # fmt: skip
 async def test_export_errors(
@@ -334,7 +335,8 @@ async def test_openapi_documents_every_route_and_its_errors(client: AppClient) -
             assert responses[status]["content"]["application/json"]["schema"] == error_ref
     infer = doc["paths"]["/infer/{task}"]["post"]
     assert set(infer["requestBody"]["content"]) == {
-        "application/json", "application/x-npy", "image/png", "image/jpeg",
+        "application/json", "application/x-npy", "application/npy",
+        "image/png", "image/jpeg", "image/jpg",
     }  # fmt: skip
     assert {p["name"] for p in infer["parameters"]} == {
         "task", "budget", "level", "on_miss", "top_k",
