@@ -214,6 +214,7 @@ TABLE = [
     Bad("json-ragged", 400, "invalid_input", NUMBERS + "it is ragged or holds non-numbers (setting an array element with a sequence. The requested array has an inhomogeneous shape after 2 dimensions. The detected shape was (1, 8) + inhomogeneous part.)", body=as_json([[[0.0] * 8] * 7 + [[0.0] * 7]])),
     Bad("json-strings", 400, "invalid_input", NUMBERS + "it holds non-numbers (strings, booleans or nulls: numpy dtype <U3)", body=as_json([[["0.5"] * 8] * 8])),
     Bad("json-booleans", 400, "invalid_input", NUMBERS + "it holds non-numbers (strings, booleans or nulls: numpy dtype bool)", body=as_json([[[True] * 8] * 8])),
+    Bad("json-booleans-among-numbers", 400, "invalid_input", NUMBERS + "it holds non-numbers (strings, booleans or nulls: numpy dtype float64)", body=as_json([[[False] + [0.5] * 7] * 8])),
     Bad("json-nulls", 400, "invalid_input", NUMBERS + "it holds non-numbers (strings, booleans or nulls: numpy dtype object)", body=as_json([[[None] * 8] * 8])),
     Bad("json-nan", 400, "invalid_input", NON_FINITE.format("(1, 0, 2, 5)"), body=as_json(with_value(math.nan, (1, 0, 2, 5)).tolist())),
     Bad("json-inf", 400, "invalid_input", NON_FINITE.format("(0, 0, 7, 7)"), body=as_json(with_value(math.inf, (0, 0, 7, 7)).tolist())),

@@ -82,6 +82,10 @@ BAD_REQUESTS: list[tuple[str, Any, str, str]] = [
      "invalid inference request: inputs.0.shape.0: Input should be a valid integer"),
     ("UINT8 out of range", with_input(datatype="UINT8", data=[256] + [0] * 63), "invalid_input",
      "input 'input' is UINT8 (raw pixels) but its data holds 256; send integers 0..255"),
+    ("booleans among numbers", with_input(data=[True] + [0.5] * 63), "invalid_input",
+     "input 'input' data must be numbers; it holds booleans (the BOOL datatype is not "
+     "accepted); send FP32 (or FP16, FP64) model-space values, or UINT8 raw pixels 0..255 "
+     "that the server preprocesses"),
     ("UINT8 not integers", with_input(datatype="UINT8", data=[0.5] * 64), "invalid_input",
      "input 'input' is UINT8 (raw pixels) but its data holds non-integers; send integers "
      "0..255, or FP32 model-space values"),
