@@ -201,3 +201,26 @@ def test_each_budget_grammar_error_says_how_to_fix_it(spec: str, message: str) -
     with pytest.raises(InvalidBudget) as info:
         parse_budget(spec)
     assert info.value.message == message
+
+
+# GET /v1/models/{task}/export and /levels/{level}/export (tests/server/http/test_models.py)
+# fmt: off
+EXPORT_MESSAGES = {
+    "/v1/models/digits/export": "export takes a memory budget only, e.g. ?budget=2MiB (or use /v1/models/digits/levels/{level}/export)",
+    "/v1/models/digits/export?budget=5ms": "export takes a memory budget only, e.g. ?budget=2MiB (or use /v1/models/digits/levels/{level}/export)",
+    "/v1/models/digits/export?budget=5ms,1MiB": "export takes a memory budget only, e.g. ?budget=2MiB (or use /v1/models/digits/levels/{level}/export)",
+    "/v1/models/digits/export?budget=1XB": "budget '1XB': unknown unit 'XB'; use one of us, ms, s, B, kB, MB, GB, KiB, MiB, GiB (units are case-sensitive), e.g. budget=15ms,2MiB",
+    "/v1/models/nope/export?budget=1MiB": "unknown task 'nope'; this server serves: digits, shapes",
+    "/v1/models/nope/levels/1/export": "unknown task 'nope'; this server serves: digits, shapes",
+    "/v1/models/digits/levels/0/export": "level 0 is out of range for task 'digits': use 1..4",
+    "/v1/models/digits/levels/5/export": "level 5 is out of range for task 'digits': use 1..4",
+    "/v1/models/digits/levels/top/export": "level must be a whole number (1-based), got 'top'",
+    "/v1/models/digits/levels/1.0/export": "level must be a whole number (1-based), got '1.0'",
+}
+# fmt: on
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("url", list(EXPORT_MESSAGES))
+async def test_each_export_refusal_says_how_to_fix_it(client: AppClient, url: str) -> None:
+    assert error_of(await client.get(url))[2] == EXPORT_MESSAGES[url]
