@@ -9,6 +9,8 @@ the same app) and the budget grammar (``parse_budget`` directly).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -16,6 +18,8 @@ from server.budget import parse_budget
 from server.errors import InvalidBudget
 from tests.conftest import AppClient
 from tests.server.helpers import error_of
+from tests.server.http.oip.helpers import INFER, oip_error
+from tests.server.http.oip.test_errors import BAD_REQUESTS
 from tests.server.http.test_bad_input import CHUNK, STREAM_CHUNKS, TABLE, client, send
 
 __all__ = ["client"]  # test_bad_input's app fixture
@@ -224,3 +228,79 @@ EXPORT_MESSAGES = {
 @pytest.mark.parametrize("url", list(EXPORT_MESSAGES))
 async def test_each_export_refusal_says_how_to_fix_it(client: AppClient, url: str) -> None:
     assert error_of(await client.get(url))[2] == EXPORT_MESSAGES[url]
+
+
+# POST /v2/models/{task}/infer bodies, by case (tests/server/http/oip/test_errors.py), in
+# the protocol's shape {"error": message}.
+ACCEPTS = (
+    "FP32 (or FP16, FP64) model-space values, or UINT8 raw pixels 0..255 that the server "
+    "preprocesses"
+)
+# fmt: off
+OIP_MESSAGES = {
+    "datatype string": "unknown datatype 'FLOAT32'; the protocol's datatypes are BOOL, UINT8, UINT16, UINT32, "
+     "UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES (case-sensitive), and model "
+     f"'digits' takes {ACCEPTS}",
+    "datatype case": "unknown datatype 'fp32'; the protocol's datatypes are BOOL, UINT8, UINT16, UINT32, "
+     "UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES (case-sensitive), and model "
+     f"'digits' takes {ACCEPTS}",
+    "unsupported datatype": f"datatype INT64 is not accepted for input 'input' of model 'digits'; send {ACCEPTS}",
+    "shape/data length": "input 'input' has shape [1, 1, 8, 9] (72 elements) but its data holds 64; send every "
+     "element, in row-major order",
+    "negative dimension": "input 'input' has shape [-1, 1, 8, 8]; dimensions must be 0 or more",
+    "shape the task does not take": "task 'digits' takes one example of shape (1, 8, 8) or a batch (B, 1, 8, 8); got shape "
+     "(2, 32)",
+    "unknown input name": "unknown input 'pixels' for model 'digits'; its input is named 'input'",
+    "two inputs": "model 'digits' takes one input, 'input'; got 2 ('input', 'mask')",
+    "no inputs field": "invalid inference request: inputs: Field required",
+    "empty inputs": "the request has no inputs; model 'digits' takes one input named 'input'",
+    "NaN": "inputs contain NaN or Inf (first at index (0, 0, 0, 0), after float32 conversion); send "
+     "finite values",
+    "over FP32 range": "inputs contain NaN or Inf (first at index (0, 0, 7, 7), after float32 conversion); send "
+     "finite values",
+    "strings": "input 'input' data must be numbers; it holds strings, booleans, nulls or integers past 64 "
+     "bits (numpy dtype <U3)",
+    "no data": 'input \'input\' has no "data"; send its elements as a JSON array (row-major, flat or '
+     "nested)",
+    "binary extension": 'the binary tensor data extension is not supported; send the tensor as JSON "data" '
+     "(tritonclient: set_data_from_numpy(x, binary_data=False))",
+    "shared memory extension": 'the shared memory extension is not supported; send the tensor as JSON "data"',
+    "shape of strings": "invalid inference request: inputs.0.shape.0: Input should be a valid integer",
+    "UINT8 out of range": "input 'input' is UINT8 (raw pixels) but its data holds 256; send integers 0..255",
+    "booleans among numbers": "input 'input' data must be numbers; it holds booleans (the BOOL datatype is not "
+     "accepted); send FP32 (or FP16, FP64) model-space values, or UINT8 raw pixels 0..255 "
+     "that the server preprocesses",
+    "UINT8 not integers": "input 'input' is UINT8 (raw pixels) but its data holds non-integers; send integers "
+     "0..255, or FP32 model-space values",
+    "unknown output": "unknown output 'logits' for model 'digits'; its outputs are 'probabilities' (FP32, "
+     "[B, classes]) and 'class_index' (INT64, [B])",
+    "classification extension": "output parameter 'classification' of output 'class_index' is not supported; leave it out "
+     "(outputs are answered as JSON tensors)",
+    "unknown parameter": "unknown parameter 'budjet'; this server takes budget (e.g. \"15ms,2MiB\"), level "
+     '(1-based) and on_miss ("degrade" or "reject")',
+    "nested parameter": "invalid inference request: parameters.budget: Value error, a parameter value must be a "
+     "string, a number or a boolean",
+    "budget type": 'parameter budget must be a string such as "15ms,2MiB"; got 15',
+    "budget grammar": "budget '5xs': unknown unit 'xs'; use one of us, ms, s, B, kB, MB, GB, KiB, MiB, GiB "
+     "(units are case-sensitive), e.g. budget=15ms,2MiB",
+    "memory budget too small": "memory budget 1000 B (1000 B) is below the smallest level of task 'digits': level 1 "
+     "needs 1744 B (1.7 KiB); raise the budget to at least that",
+    "budget length": 'parameter budget is 201 characters long, over the limit of 200; a budget is one or two '
+     'constraints, e.g. "15ms,2MiB"',
+    "level range": "level 9 is out of range for task 'digits': use 1..4",
+    "level type": 'parameter level must be an integer (1-based); got "2"',
+    "on_miss": 'parameter on_miss must be "degrade" or "reject"; got "wait"',
+    "not an object": 'body must be a JSON object (an inference request): {"inputs": [{"name": "input", '
+     '"shape": [...], "datatype": "FP32", "data": [...]}]}',
+}
+# fmt: on
+OIP_BODIES = {case: body for case, body, _ in BAD_REQUESTS}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("case", list(OIP_MESSAGES))
+async def test_each_protocol_refusal_says_how_to_fix_it(client: AppClient, case: str) -> None:
+    # json.dumps: NaN as the literal JSON parsers (Python's included) accept.
+    body = json.dumps(OIP_BODIES[case]).encode()
+    r = await client.post(INFER.format(task="digits"), content=body)
+    assert oip_error(r)[2] == OIP_MESSAGES[case]
