@@ -10,6 +10,7 @@ the same app) and the budget grammar (``parse_budget`` directly).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -21,6 +22,7 @@ from tests.server.helpers import error_of
 from tests.server.http.oip.helpers import INFER, oip_error
 from tests.server.http.oip.test_errors import BAD_REQUESTS
 from tests.server.http.test_bad_input import CHUNK, STREAM_CHUNKS, TABLE, client, send
+from tests.server.http.test_infer import CLIENT_ERRORS, ROUTING_ERRORS, client_error_body
 
 __all__ = ["client"]  # test_bad_input's app fixture
 
@@ -304,3 +306,59 @@ async def test_each_protocol_refusal_says_how_to_fix_it(client: AppClient, case:
     body = json.dumps(OIP_BODIES[case]).encode()
     r = await client.post(INFER.format(task="digits"), content=body)
     assert oip_error(r)[2] == OIP_MESSAGES[case]
+
+
+# tests/server/http/test_infer.py's tables, row by row: (its url and body, message) and
+# (its method and url, message).
+# fmt: off
+CLIENT_MESSAGES = [
+    "unknown task 'nope'; this server serves: digits, shapes",
+    "unknown task 'Digits'; this server serves: digits, shapes",
+    "level 0 is out of range for task 'digits': use 1..4",
+    "level 5 is out of range for task 'digits': use 1..4",
+    "level must be a whole number (1-based), got 'two'",
+    "on_miss must be degrade or reject, got 'maybe'",
+    "top_k must be at least 1, got 0",
+    "top_k must be at least 1, got -2",
+    "budget is 201 characters long, over the 200 allowed; a budget is at most one latency and one memory constraint, e.g. budget=15ms,2MiB",
+    "budget '5xs': unknown unit 'xs'; use one of us, ms, s, B, kB, MB, GB, KiB, MiB, GiB (units are case-sensitive), e.g. budget=15ms,2MiB",
+    "budget '5ms,5ms': more than one latency constraint; give one",
+    "memory budget 1000 B (1000 B) is below the smallest level of task 'digits': level 1 needs 1744 B (1.7 KiB); raise the budget to at least that",
+    "task 'digits' takes one example of shape (1, 8, 8) or a batch (B, 1, 8, 8); got shape (1, 2)",
+    "the batch is empty; send at least one example",
+    'JSON body must be an object with an "inputs" field: {"inputs": [...]}',
+]
+ROUTING_MESSAGES = [
+    "no route /nope; see /docs for the API",
+    "no route /infer; see /docs for the API",
+    "no route /infer/; see /docs for the API",
+    "no route /infer/digits/extra; see /docs for the API",
+    "PUT is not allowed on /infer/digits",
+    "no route /v1/models/digits/levels/x/y; see /docs for the API",
+    "GET is not allowed on /infer/digits",
+    "POST is not allowed on /v1/models",
+    "DELETE is not allowed on /plan/digits",
+    "POST is not allowed on /healthz",
+]
+# fmt: on
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(("row", "message"), list(zip(CLIENT_ERRORS, CLIENT_MESSAGES, strict=True)))
+async def test_each_client_error_says_how_to_fix_it(
+    client: AppClient, row: tuple[str, Any, int, str], message: str
+) -> None:
+    url, body, _, _ = row
+    r = await client.post(url, json=client_error_body(body))
+    assert error_of(r)[2] == message
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(
+    ("row", "message"), list(zip(ROUTING_ERRORS, ROUTING_MESSAGES, strict=True))
+)
+async def test_each_routing_error_says_what_to_do(
+    client: AppClient, row: tuple[str, str, int, str], message: str
+) -> None:
+    method, url, _, _ = row
+    assert error_of(await client.request(method, url))[2] == message
