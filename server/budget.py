@@ -31,6 +31,26 @@ MAX_LATENCY_S = 3600.0
 MAX_MEMORY_BYTES = 1024**5
 
 
+def _constraint_pattern(units: dict[str, float] | dict[str, int]) -> str:
+    # A number whose digits are not all zeros (the grammar of _CONSTRAINT, positive), a unit.
+    number = r"(?:[0-9]*[1-9][0-9]*(?:\.[0-9]+)?|[0-9]*\.[0-9]*[1-9][0-9]*)(?:[eE][+-]?[0-9]+)?"
+    return rf"\s*{number}\s*(?:{'|'.join(sorted(units, key=len, reverse=True))})\s*"
+
+
+_LATENCY, _MEMORY = _constraint_pattern(LATENCY_UNITS), _constraint_pattern(MEMORY_UNITS)
+# The published grammar (OpenAPI ``pattern``, ECMA-262 and Python alike): exactly the specs
+# :func:`parse_budget` reads, blank included (no budget), but for the numeric limits below,
+# which a regular expression cannot weigh once an exponent is allowed (BUDGET_LIMITS).
+BUDGET_PATTERN = rf"^(?:\s*|{_LATENCY}|{_MEMORY}|{_LATENCY},{_MEMORY}|{_MEMORY},{_LATENCY})$"
+# A memory budget alone (export): what :meth:`Engine.export_level` takes.
+MEMORY_BUDGET_PATTERN = rf"^{_MEMORY}$"
+BUDGET_LIMITS = (
+    f"A latency is at most {MAX_LATENCY_S:.0f} s, a memory from 1 byte (bytes are whole, "
+    "rounded down) to 1 PiB, and a number must stay finite and non-zero as a double; past "
+    "these the budget is refused as a typo (422 invalid_budget)."
+)
+
+
 @dataclass(frozen=True)
 class Budget:
     """What a request can afford; a kind not given is ``None``."""

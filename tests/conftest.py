@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,12 +78,28 @@ class AppClient(httpx.AsyncClient):
     app: FastAPI
 
 
+class FakeClock:
+    """A clock the test moves (``advance``) for the engine (``serve(clock=...)``): deadlines
+    pass, delays run out and rates decay when the test says, without sleeping. It starts
+    at the real ``perf_counter``, and stands still otherwise."""
+
+    def __init__(self) -> None:
+        self.now = time.perf_counter()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class ServeFactory(Protocol):
     def __call__(
         self,
         *,
         forward_wrapper: ForwardWrapper | None = ...,
         wait_ready: bool = ...,
+        clock: FakeClock | None = ...,
         **overrides: Any,
     ) -> Awaitable[AppClient]: ...
 
@@ -117,7 +134,7 @@ async def serve(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[ServeFactory]:
     """Start in-process servers of ``tiny_checkpoint``: ``await serve(**settings_overrides,
-    forward_wrapper=..., wait_ready=True)`` returns an :class:`AppClient`. Every server is
+    forward_wrapper=..., wait_ready=True, clock=None)`` returns an :class:`AppClient`. Every server is
     drained and stopped when the test ends. ``DVN_*`` variables of the outer environment
     are ignored."""
     for name in list(os.environ):
@@ -129,6 +146,7 @@ async def serve(
             *,
             forward_wrapper: ForwardWrapper | None = None,
             wait_ready: bool = True,
+            clock: FakeClock | None = None,
             **overrides: Any,
         ) -> AppClient:
             if forward_wrapper is not None:
@@ -139,7 +157,9 @@ async def serve(
                 overrides.setdefault("inline_forward_ms", 0.0)
                 overrides.setdefault("express_forward_ms", 0.0)
             app = create_app(
-                server_settings(tiny_checkpoint, **overrides), forward_wrapper=forward_wrapper
+                server_settings(tiny_checkpoint, **overrides),
+                forward_wrapper=forward_wrapper,
+                clock=clock,
             )
             await stack.enter_async_context(app.router.lifespan_context(app))
             runtime = app.state.runtime

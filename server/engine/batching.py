@@ -31,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 from server.engine.executor import Executor
-from server.engine.pending import BatchEvent, BatchResult, Pending
+from server.engine.pending import BatchEvent, BatchResult, Clock, Pending
 from server.engine.profile import LatencyProfile, LevelKey
 from server.errors import DeadlineExceeded, InferenceFailed, ServeError
 
@@ -51,8 +51,10 @@ class Batcher:
         on_batch: Callable[[BatchEvent], None],
         inline_s: float = 0.0,
         express_s: float = 0.0,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.executor = executor
+        self.clock = clock  # deadlines, delays and predicted ends are on it
         self.profile = profile
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
@@ -78,7 +80,7 @@ class Batcher:
         return len(self.queues.get(key, ()))
 
     def busy_remaining_s(self) -> float:
-        return max(0.0, self.busy_until - time.perf_counter())
+        return max(0.0, self.busy_until - self.clock())
 
     def total_queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -193,7 +195,7 @@ class Batcher:
         if forward <= 0 or forward > self.express_s:
             return None
         due = min(self.urgency(p) for p in itertools.islice(self.queues[key], n))
-        now = time.perf_counter()
+        now = self.clock()
         if now + forward > due:
             return None  # too late for either lane: triage decides
         if max(self.busy_until, now) + forward > due:
@@ -210,7 +212,7 @@ class Batcher:
             # Never wait into a queued request's slack: it must still start in time.
             n = self.queued_examples[key]
             start_by = min(self.urgency(p) for p in queue) - self.profile.forward_s(key, n + 1)
-            remaining = min(close_at, start_by) - time.perf_counter()
+            remaining = min(close_at, start_by) - self.clock()
             if remaining <= 0:
                 return True
             self._wake.clear()
@@ -229,7 +231,7 @@ class Batcher:
         queue = self.queues[key]
         batch: list[Pending] = []
         size = 0
-        now = time.perf_counter()
+        now = self.clock()
         while queue:
             head = queue[0]
             if batch and size + head.examples > limit:
@@ -292,7 +294,7 @@ class Batcher:
         """Start ``batch``'s forward on ``lane`` now (no loop iteration in between); on an
         idle server a forward predicted within ``inline_s`` runs here, on the loop's thread."""
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
-        started = time.perf_counter()
+        started = self.clock()
         expected = self.profile.forward_s(key, int(inputs.shape[0]))
         idle = self._arriving() == 0 and not self.total_queued() and not self._lanes
         if idle and 0 < expected <= self.inline_s:  # 0: not profiled, cost unknown
@@ -341,9 +343,7 @@ class Batcher:
                 raise RuntimeError(f"forward returned {probs.shape[0]} rows for {n} examples")
         except Exception as e:
             self._on_batch(
-                BatchEvent(
-                    task, level, n, time.perf_counter() - started, failed=True, express=express
-                )
+                BatchEvent(task, level, n, self.clock() - started, failed=True, express=express)
             )
             error = (
                 e

@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from server.engine.pending import Clock
 from server.engine.profile import LatencyProfile
 
 # Executor time per second the ceiling allows: headroom for bursts (Poisson arrivals) and
@@ -42,16 +43,20 @@ class EventRate:
     constant ``tau_s``."""
 
     tau_s: float = 0.5
+    clock: Clock = time.perf_counter
     _rate: float = 0.0
-    _at: float = field(default_factory=time.perf_counter)
+    _at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._at = self.clock()
 
     def add(self, events: int, now: float | None = None) -> None:
-        now = time.perf_counter() if now is None else now
+        now = self.clock() if now is None else now
         self._rate = self.per_s(now) + events / self.tau_s
         self._at = now
 
     def per_s(self, now: float | None = None) -> float:
-        now = time.perf_counter() if now is None else now
+        now = self.clock() if now is None else now
         return self._rate * math.exp(-max(0.0, now - self._at) / self.tau_s)
 
 
@@ -62,11 +67,13 @@ class Attainment:
 
     tau_s: float = 1.0
     min_events: int = 20  # fewer in the last time constant: too few to say anything
+    clock: Clock = time.perf_counter
     _met: EventRate = field(init=False)
     _missed: EventRate = field(init=False)
 
     def __post_init__(self) -> None:
-        self._met, self._missed = EventRate(self.tau_s), EventRate(self.tau_s)
+        self._met = EventRate(self.tau_s, self.clock)
+        self._missed = EventRate(self.tau_s, self.clock)
 
     def record(self, met: bool, now: float | None = None, n: int = 1) -> None:
         (self._met if met else self._missed).add(n, now)

@@ -52,8 +52,7 @@ from server.errors import (
 from server.logs import SERVER
 
 ENGINE_DOWN = (
-    "the inference engine is not answering (starting, or restarting after a failure); "
-    "retry shortly"
+    "the inference engine is not answering (starting, or restarting after a failure); retry shortly"
 )
 
 

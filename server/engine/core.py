@@ -24,7 +24,7 @@ from server.engine.batching import Batcher
 from server.engine.executor import Executor
 from server.engine.forecast import Forecaster
 from server.engine.outcome import Answer, ClientDisconnected, Handling, Ticket, outcome_of
-from server.engine.pending import BatchEvent, Pending
+from server.engine.pending import BatchEvent, Clock, Pending
 from server.engine.profile import LatencyProfile, predict_latency
 from server.engine.selection import (
     OnMiss,
@@ -93,8 +93,11 @@ class Engine:
         executor: Executor,
         profile: LatencyProfile,
         metrics: Metrics,
+        *,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.checkpoint = checkpoint
+        self.clock = clock  # arrivals, deadlines, queues and rates: all on this one
         self.manifest = checkpoint.manifest
         self.settings = settings
         self.metrics = metrics
@@ -123,6 +126,7 @@ class Engine:
             on_batch=self._batch_done,
             inline_s=settings.inline_forward_ms / 1e3,
             express_s=settings.express_forward_ms / 1e3,
+            clock=clock,
         )
         self.forecast = Forecaster(profile, self.batcher, settings)
 
@@ -282,7 +286,7 @@ class Engine:
             ServeError: every failure, typed.
             ClientDisconnected: :meth:`cancel` dropped it while it waited.
         """
-        arrival = time.perf_counter() - max(0.0, request.elapsed_s)
+        arrival = self.clock() - max(0.0, request.elapsed_s)
         with self.handling(request.task) as handling:
             entry = self.task(request.task)
             budget = parse_budget(request.budget)
@@ -333,7 +337,7 @@ class Engine:
         selection = self.select(task, examples, budget, level, on_miss)
         if level is None and on_miss == "degrade" and budget is not None and budget.latency_s:
             late = selection.predicted_latency_s > budget.latency_s
-            elapsed = time.perf_counter() - arrival
+            elapsed = self.clock() - arrival
             refusal = late and shed_for(budget, self.admission(task.name), elapsed)
             if refusal:
                 self.forecast.attainment.record(False)
@@ -351,6 +355,7 @@ class Engine:
             deadline=deadline,
             on_miss=on_miss,
             future=loop.create_future(),
+            clock=self.clock,
         )
         self.batcher.put(pending)
         ticket.queued = True
@@ -374,7 +379,7 @@ class Engine:
         finally:
             self._waiting.pop(key, None)
         self.metrics.waited(task=task.name, level=result.level, seconds=result.queue_wait_s)
-        now = time.perf_counter()
+        now = self.clock()
         measured = now - arrival
         entry = task.levels[result.level - 1]
         latency_met = memory_met = None

@@ -25,6 +25,7 @@ from server.settings import Settings
 
 class Forecaster:
     def __init__(self, profile: LatencyProfile, batcher: Batcher, settings: Settings) -> None:
+        clock = batcher.clock  # one clock for the queues and the rates
         self.profile = profile
         self.batcher = batcher
         self.settings = settings
@@ -34,8 +35,9 @@ class Forecaster:
         self.loop_lag_s = 0.0
         # measured - predicted of recent budgeted requests, by the level selected for them
         self.errors: defaultdict[LevelKey, PredictionErrors] = defaultdict(PredictionErrors)
-        self.arrivals = EventRate()  # examples a second, every task
-        self.attainment = Attainment()  # latency budgets met and missed, every task
+        self.arrivals = EventRate(clock=clock)  # examples a second, every task
+        # latency budgets met and missed, every task
+        self.attainment = Attainment(clock=clock)
         self._break_even: dict[str, float] = {}  # by task: its accuracies do not change
 
     def queue_state(self) -> QueueState:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from server.engine.profile import LevelKey
 from server.engine.selection import OnMiss, Reason
+
+# Seconds on a monotonic scale: time.perf_counter in the server, a clock a test drives in
+# tests. Every engine component that reads the time takes one (Engine, Batcher, Pending,
+# EventRate), so that they agree with each other and a test never sleeps.
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -34,11 +40,15 @@ class Pending:
     level: int
     reason: Reason
     inputs: np.ndarray  # (B, C, H, W) float32
-    deadline: float | None  # perf_counter time, None without a latency budget
+    deadline: float | None  # on ``clock``, None without a latency budget
     on_miss: OnMiss
     future: asyncio.Future[BatchResult]
-    enqueued: float = field(default_factory=time.perf_counter)
+    clock: Clock = time.perf_counter
+    enqueued: float = field(init=False)  # on ``clock``, when built
     abandoned: bool = False  # the client went away
+
+    def __post_init__(self) -> None:
+        self.enqueued = self.clock()
 
     @property
     def examples(self) -> int:

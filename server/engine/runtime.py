@@ -17,6 +17,7 @@ import torch
 from model_store.checkpoint import Checkpoint, load
 from server.engine.core import Engine
 from server.engine.executor import Executor, ForwardFn, model_forward
+from server.engine.pending import Clock
 from server.engine.profile import LatencyProfile, profile_batch_sizes
 from server.errors import NotReady
 from server.logs import SERVER
@@ -61,6 +62,7 @@ class Runtime:
     lag_watch: asyncio.Task[None] | None = None
     failed: str | None = None  # why warm-up failed; the server then never turns ready
     started: float = field(default_factory=time.time)  # tells a restarted engine apart
+    clock: Clock = time.perf_counter  # the engine's (tests drive one instead of sleeping)
 
     async def start(self) -> None:
         """Load the checkpoint (unless given), build the service, start warm-up."""
@@ -81,7 +83,9 @@ class Runtime:
         if self.forward_wrapper is not None:
             forward = self.forward_wrapper(forward)
         executor = Executor(forward)
-        self.service = Engine(self.checkpoint, s, executor, LatencyProfile(), self.metrics)
+        self.service = Engine(
+            self.checkpoint, s, executor, LatencyProfile(), self.metrics, clock=self.clock
+        )
         m = self.checkpoint.manifest
         self.metrics.describe_model(
             name=m.name,

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_store.checkpoint import Checkpoint
 from server.engine.client import EngineClient, InprocClient
+from server.engine.pending import Clock
 from server.engine.runtime import ForwardWrapper, Runtime
 from server.errors import (
     InvalidParameter,
@@ -37,6 +38,7 @@ from server.http.protocol import Status
 from server.http.routes import ERRORS
 from server.http.routes import infer as infer_endpoint
 from server.http.routes import router as v1_router
+from server.http.warmup import warm_codecs
 from server.logs import SERVER, access, configure_logging
 from server.settings import Settings
 
@@ -261,6 +263,7 @@ def create_app(
     checkpoint: Checkpoint | None = None,
     forward_wrapper: ForwardWrapper | None = None,
     engine: EngineClient | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """Build a front end. Without ``engine``, the engine runs in this process
     (:class:`~server.engine.client.InprocClient`): the checkpoint loads in the lifespan
@@ -268,18 +271,36 @@ def create_app(
     200 when it is done. With ``engine`` (an :class:`~server.engine.client.MPClient`), the
     engine is another process.
 
-    ``forward_wrapper`` wraps the in-process engine's forward (tests inject faults with it)."""
+    ``forward_wrapper`` wraps the in-process engine's forward (tests inject faults with it);
+    ``clock`` replaces its ``time.perf_counter`` (tests drive time with it)."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json)
     runtime: Runtime | None = None
     if engine is None:
-        runtime = Runtime(settings=settings, checkpoint=checkpoint, forward_wrapper=forward_wrapper)
+        runtime = Runtime(
+            settings=settings,
+            checkpoint=checkpoint,
+            forward_wrapper=forward_wrapper,
+            clock=clock or time.perf_counter,
+        )
         engine = InprocClient(runtime)
     fe = FrontEnd(settings, engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await fe.client.start()
+        # Before the first request: the engine warms the model, each front end its codecs.
+        started = time.perf_counter()
+        warmed = warm_codecs(fe.client.manifest, fe.client.specs)
+        SERVER.info(
+            "front end warmed up",
+            extra={
+                "fields": {
+                    "body_types": sorted(warmed),
+                    "warmup_s": round(time.perf_counter() - started, 3),
+                }
+            },
+        )
         try:
             yield
         finally:

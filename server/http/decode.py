@@ -98,12 +98,33 @@ def _from_json(body: bytes) -> np.ndarray:
             '"inputs" must be a number array (nested lists of equal length, numbers only); '
             f"it is ragged or holds non-numbers ({e})"
         ) from e
-    if array.dtype.kind not in "iuf" and array.size > 0:
+    if (array.dtype.kind not in "iuf" and array.size > 0) or (
+        array.dtype.kind != "b" and may_hold_bool(body) and holds_bool(doc["inputs"])
+    ):
         raise InvalidInput(
             '"inputs" must be a number array (nested lists of equal length, numbers only); '
             f"it holds non-numbers (strings, booleans or nulls: numpy dtype {array.dtype})"
         )
     return array.astype(np.float64)
+
+
+def may_hold_bool(body: bytes) -> bool:
+    """Whether a JSON body may hold a boolean: a fast test that spares most bodies the walk
+    of :func:`holds_bool`."""
+    return b"true" in body or b"false" in body
+
+
+def holds_bool(value: object) -> bool:
+    """Whether nested lists hold a boolean anywhere. numpy turns ``[true, 0.5]`` into
+    floats (1.0, 0.5) without a word, so its dtype cannot tell."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _from_npy(body: bytes) -> np.ndarray:
@@ -271,7 +292,8 @@ def check_array(array: np.ndarray, spec: TaskSpec, *, max_examples: int) -> Inpu
             f"batch of {n} examples is over the limit of {max_examples} per request; "
             "split it into smaller requests"
         )
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # past float32: Inf, refused below
+        array = np.ascontiguousarray(array, dtype=np.float32)
     finite = np.isfinite(array)
     if not finite.all():
         where = tuple(int(i) for i in np.argwhere(~finite)[0])

@@ -45,6 +45,12 @@ from server.http.oip_codec import (
 from server.http.oip_protocol import (
     BINARY_UNSUPPORTED,
     EXTENSIONS,
+    FLOAT_DATATYPES,
+    IGNORED_OUTPUT_PARAMETERS,
+    IGNORED_PARAMETERS,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    PIXEL_DATATYPE,
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
@@ -53,6 +59,14 @@ from server.http.oip_protocol import (
     ServerLive,
     ServerMetadata,
     ServerReady,
+)
+from server.http.params import (
+    BUDGET_DOC,
+    BUDGET_SCHEMA,
+    LEVEL_DOC,
+    LEVEL_SCHEMA,
+    ON_MISS,
+    ON_MISS_DOC,
 )
 from server.http.pipeline import Parsed, elapsed, frontend, read_body
 from server.http.pipeline import infer as run_inference
@@ -136,15 +150,89 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return found
 
 
+def documented_request_schema() -> dict[str, Any]:
+    """``$inference_request`` as this server reads it: the protocol's schema (the pydantic
+    models) narrowed to what :func:`~server.http.oip_codec.dvn_parameters`,
+    :func:`~server.http.oip_codec.requested_outputs` and
+    :func:`~server.http.oip_codec.input_array` take. Narrowed here, in the document only,
+    so that a refusal keeps the codec's message, which says how to fix the request."""
+    schema = inline_schema(InferenceRequest.model_json_schema())
+    props = schema["properties"]
+    scalar = {"anyOf": [{"type": t} for t in ("string", "integer", "number", "boolean")]}
+
+    def nullable(node: dict[str, Any]) -> dict[str, Any]:  # null: as if left out
+        return {"anyOf": [node, {"type": "null"}]}
+
+    props["parameters"] = nullable(
+        {
+            "type": "object",
+            "properties": {
+                "budget": {**BUDGET_SCHEMA, "description": BUDGET_DOC},
+                "level": {**LEVEL_SCHEMA, "description": LEVEL_DOC},
+                "on_miss": {"type": "string", "enum": list(ON_MISS), "description": ON_MISS_DOC},
+                **{name: scalar for name in IGNORED_PARAMETERS},
+            },
+            "additionalProperties": False,
+        }
+    )
+    tensor = props["inputs"]["items"]
+    tensor["properties"]["name"] = {"type": "string", "enum": [INPUT_NAME]}
+    tensor["properties"]["datatype"] = {
+        "type": "string",
+        "enum": [*FLOAT_DATATYPES, PIXEL_DATATYPE],
+    }
+    tensor["properties"]["shape"] = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+    tensor["properties"]["data"] = {"type": "array", "minItems": 1}
+    tensor["properties"]["parameters"] = nullable(
+        {
+            "type": "object",
+            "not": {
+                "anyOf": [
+                    {"required": ["binary_data_size"]},
+                    {"required": ["shared_memory_region"]},
+                ]
+            },
+            "additionalProperties": scalar,
+        }
+    )
+    tensor["required"] = ["name", "shape", "datatype", "data"]
+    props["inputs"] = {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1}
+    props["id"] = nullable({"type": "string"})
+    props["outputs"] = nullable(
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": list(OUTPUT_NAMES)},
+                    "parameters": nullable(
+                        {
+                            "type": "object",
+                            "properties": {name: scalar for name in IGNORED_OUTPUT_PARAMETERS},
+                            "additionalProperties": False,
+                        }
+                    ),
+                },
+                "required": ["name"],
+            },
+        }
+    )
+    return schema
+
+
 AUTH = (401, 403)
 METADATA_ERRORS = _errors(*AUTH, 404, 503)
 INFER_ERRORS = _errors(400, *AUTH, 404, 413, 429, 500, 503, 504)
 INFER_BODY = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/json": {"schema": inline_schema(InferenceRequest.model_json_schema())}
-        },
+        "description": (
+            "One input tensor named `input`: shape [B, *input_shape] (GET /v2/models/{task}), "
+            "`data` holding exactly the shape's element count, flat row-major or nested; FP32, "
+            "FP16 or FP64 values finite in float32, or UINT8 pixels 0..255. Anything else is "
+            "400."
+        ),
+        "content": {"application/json": {"schema": documented_request_schema()}},
     }
 }
 

@@ -21,6 +21,7 @@ from model_store.tasks import TaskSpec
 from server.engine.outcome import Answer
 from server.engine.selection import OnMiss
 from server.errors import InvalidInput, InvalidParameter
+from server.http.decode import holds_bool, may_hold_bool
 from server.http.oip_protocol import (
     ACCEPTS,
     BINARY_UNSUPPORTED,
@@ -62,12 +63,18 @@ def parse_request(body: bytes) -> InferenceRequest:
             '"shape": [...], "datatype": "FP32", "data": [...]}]}'
         )
     try:
-        return InferenceRequest.model_validate(doc)
+        request = InferenceRequest.model_validate(doc)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()
         )
         raise InvalidInput(f"invalid inference request: {problems}") from e
+    if may_hold_bool(body) and any(holds_bool(t.data) for t in request.inputs):
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} data must be numbers; it holds booleans (the BOOL datatype "
+            f"is not accepted); send {ACCEPTS}"
+        )
+    return request
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,8 @@ def input_array(request: InferenceRequest, model: str) -> tuple[np.ndarray, bool
             f"{data.size}; send every element, in row-major order"
         )
     if datatype == PIXEL_DATATYPE:
-        if data.size and data.dtype.kind not in "iu":
+        # JSON does not tell 153 from 153.0: a whole number is one, however written.
+        if data.size and data.dtype.kind not in "iu" and not np.all(np.mod(data, 1) == 0):
             raise InvalidInput(
                 f"input {INPUT_NAME!r} is UINT8 (raw pixels) but its data holds non-integers; "
                 "send integers 0..255, or FP32 model-space values"

@@ -14,15 +14,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from server.budget import BUDGET_LIMITS, BUDGET_PATTERN
 from server.engine.selection import OnMiss
 from server.errors import InvalidParameter
 
 MAX_BUDGET_CHARS = 200
 ON_MISS: tuple[OnMiss, ...] = ("degrade", "reject")
 BUDGET_DOC = (
-    "Comma-separated constraints: latency (us, ms, s) and/or memory (B, kB, MB, GB, KiB, MiB, "
-    "GiB), e.g. `15ms,2MiB`. None: the best level."
+    "Comma-separated constraints, at most one latency (us, ms, s) and one memory (B, kB, MB, "
+    "GB, KiB, MiB, GiB), each a positive number and its unit, e.g. `15ms,2MiB`. None or "
+    f"blank: the best level. {BUDGET_LIMITS}"
 )
+LEVEL_DOC = (
+    "Pin a level (1-based): at most the task's number of levels, which GET /v1/models lists "
+    "(a 422 names the range)."
+)
+# The budget's OpenAPI schema: its grammar is checked by parse_budget, with messages that
+# say how to fix it, so the pattern documents rather than validates.
+BUDGET_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_BUDGET_CHARS,
+    "pattern": BUDGET_PATTERN,
+}
+LEVEL_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1}
 ON_MISS_DOC = "When no level meets the latency budget: serve the smallest (degrade) or 503."
 
 
@@ -39,6 +53,18 @@ def _whole_number(name: str, value: str, hint: str) -> int:
     if not digits.lstrip("+-").isdigit() or digits.count("-") + digits.count("+") > 1:
         raise InvalidParameter(f"{name} must be a whole number ({hint}), got {value!r}")
     return int(digits)
+
+
+def parse_level(raw: str) -> int:
+    """A level given in a path: digits only, as an integer is written (1-based; the range is
+    the task's, checked by the caller).
+
+    Raises:
+        InvalidParameter: anything else (a sign, a fraction, spaces, a word).
+    """
+    if not (raw.isascii() and raw.isdigit()):
+        raise InvalidParameter(f"level must be a whole number (1-based), got {raw!r}")
+    return int(raw)
 
 
 def parse_infer_query(query: Mapping[str, str]) -> InferQuery:
@@ -67,11 +93,19 @@ def parse_infer_query(query: Mapping[str, str]) -> InferQuery:
     return InferQuery(budget=budget, level=level, on_miss=on_miss, top_k=top_k)
 
 
-def _param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def param_doc(
+    name: str,
+    schema: dict[str, Any],
+    description: str,
+    *,
+    where: str = "query",
+    required: bool = False,
+) -> dict[str, Any]:
+    """One parameter's OpenAPI entry, for a parameter read by hand."""
     return {
         "name": name,
-        "in": "query",
-        "required": False,
+        "in": where,
+        "required": required,
         "schema": {**schema, "description": description},
         "description": description,
     }
@@ -79,8 +113,10 @@ def _param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 # What FastAPI would have generated for these parameters, for openapi_extra.
 INFER_QUERY_DOC: list[dict[str, Any]] = [
-    _param("budget", {"type": "string", "maxLength": MAX_BUDGET_CHARS}, BUDGET_DOC),
-    _param("level", {"type": "integer"}, "Pin a level (1-based)."),
-    _param("on_miss", {"type": "string", "enum": list(ON_MISS), "default": "degrade"}, ON_MISS_DOC),
-    _param("top_k", {"type": "integer", "minimum": 1}, "Return the k most probable classes."),
+    param_doc("budget", BUDGET_SCHEMA, BUDGET_DOC),
+    param_doc("level", LEVEL_SCHEMA, LEVEL_DOC),
+    param_doc(
+        "on_miss", {"type": "string", "enum": list(ON_MISS), "default": "degrade"}, ON_MISS_DOC
+    ),
+    param_doc("top_k", {"type": "integer", "minimum": 1}, "Return the k most probable classes."),
 ]

@@ -9,19 +9,24 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from model_store.manifest import TaskEntry
-from server.budget import parse_budget
+from server.budget import BUDGET_LIMITS, MEMORY_BUDGET_PATTERN, parse_budget
 from server.engine.outcome import ClientDisconnected
 from server.engine.selection import check_level
 from server.errors import ALL_ERRORS
-from server.http.decode import decode
+from server.http.decode import IMAGE_TYPES, NPY_TYPES, decode
 from server.http.encode import infer_body, infer_headers
 from server.http.frontend import FrontEnd
 from server.http.params import (
     BUDGET_DOC,
+    BUDGET_SCHEMA,
     INFER_QUERY_DOC,
+    LEVEL_DOC,
+    LEVEL_SCHEMA,
     MAX_BUDGET_CHARS,
     ON_MISS_DOC,
+    param_doc,
     parse_infer_query,
+    parse_level,
 )
 from server.http.pipeline import Parsed, elapsed, frontend, read_body
 from server.http.pipeline import infer as run_inference
@@ -36,7 +41,16 @@ async def ready_frontend(request: Request) -> FrontEnd:
 
 
 FrontEndDep = Annotated[FrontEnd, Depends(ready_frontend)]
-BudgetQuery = Annotated[str | None, Query(description=BUDGET_DOC, max_length=MAX_BUDGET_CHARS)]
+# The pattern documents the grammar; parse_budget checks it, with messages that say how to
+# fix a budget (FastAPI's would quote the regular expression).
+BudgetQuery = Annotated[
+    str | None,
+    Query(
+        description=BUDGET_DOC,
+        max_length=MAX_BUDGET_CHARS,
+        json_schema_extra={"pattern": BUDGET_SCHEMA["pattern"]},
+    ),
+]
 OnMissQuery = Annotated[Literal["degrade", "reject"], Query(description=ON_MISS_DOC)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -46,21 +60,36 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }
     for status in sorted({e.status for e in ALL_ERRORS})
 }
+BINARY = {"type": "string", "format": "binary"}
 INFER_BODY = {
     "requestBody": {
         "required": True,
-        "description": 'One example or a batch: JSON `{"inputs": ...}`, a .npy array, or an image.',
+        "description": (
+            'One example or a batch: JSON `{"inputs": ...}`, a .npy array, or an image. The '
+            "shape is the task's `input_shape` (GET /v1/models) for one example, or a batch "
+            "(B, *input_shape) of at most DVN_MAX_REQUEST_BATCH; with one channel, the channel "
+            "dimension may be left out. Values are model-space numbers, finite as float32 "
+            "(.npy: a float16, float32 or float64 array); an image is resized and normalised "
+            "as the task's preprocessing says. Anything else is 400 invalid_input, another "
+            "content type 415."
+        ),
         "content": {
             "application/json": {
                 "schema": {
                     "type": "object",
                     "required": ["inputs"],
-                    "properties": {"inputs": {"type": "array", "items": {}}},
+                    "properties": {
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            # nested arrays of numbers: at least (H, W) deep
+                            "items": {"type": "array", "minItems": 1},
+                        }
+                    },
                 }
             },
-            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            # every type decode() takes, and no other (415)
+            **{kind: {"schema": BINARY} for kind in (*NPY_TYPES, *IMAGE_TYPES)},
         },
     }
 }
@@ -159,6 +188,15 @@ EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+EXPORT_BUDGET_DOC = param_doc(
+    "budget",
+    {"type": "string", "maxLength": MAX_BUDGET_CHARS, "pattern": MEMORY_BUDGET_PATTERN},
+    "A memory budget alone (B, kB, MB, GB, KiB, MiB, GiB), e.g. `2MiB`: the largest level "
+    f"that fits. {BUDGET_LIMITS}",
+    required=True,
+)
+
+
 async def archive_response(fe: FrontEnd, entry: TaskEntry, level: int) -> Response:
     data: bytes = await fe.client.call("archive", task=entry.name, level=level)
     name = f"{fe.client.manifest.name}-{entry.name}-level{level}.tar"
@@ -180,9 +218,14 @@ async def archive_response(fe: FrontEnd, entry: TaskEntry, level: int) -> Respon
     response_class=Response,
     responses=EXPORT_RESPONSES,
     tags=["models"],
+    # The level is read by hand (parse_level): digits only, as the schema says.
+    openapi_extra={
+        "parameters": [param_doc("level", LEVEL_SCHEMA, LEVEL_DOC, where="path", required=True)]
+    },
 )
-async def export_level(task: str, level: int, fe: FrontEndDep) -> Response:
+async def export_level(task: str, request: Request, fe: FrontEndDep) -> Response:
     entry = fe.task(task)
+    level = parse_level(request.path_params["level"])
     check_level(entry, level)
     return await archive_response(fe, entry, level)
 
@@ -193,8 +236,14 @@ async def export_level(task: str, level: int, fe: FrontEndDep) -> Response:
     response_class=Response,
     responses=EXPORT_RESPONSES,
     tags=["models"],
+    openapi_extra={"parameters": [EXPORT_BUDGET_DOC]},
 )
-async def export_budget(task: str, fe: FrontEndDep, budget: BudgetQuery = None) -> Response:
+async def export_budget(
+    task: str,
+    fe: FrontEndDep,
+    # Documented below as required; a missing one is refused by export_level's own message.
+    budget: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> Response:
     entry = fe.task(task)
     parse_budget(budget)
     level: int = await fe.client.call("export_level", task=entry.name, budget=budget)

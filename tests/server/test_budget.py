@@ -7,8 +7,6 @@ import pytest
 from server.budget import Budget, parse_budget
 from server.errors import InvalidBudget
 
-UNITS = "us, ms, s, B, kB, MB, GB, KiB, MiB, GiB"
-
 
 @pytest.mark.parametrize(
     ("spec", "latency_s", "memory_bytes"),
@@ -60,76 +58,47 @@ def test_to_dict() -> None:
     }
 
 
-def cannot_read(spec: str, part: str) -> str:
-    return (
-        f"budget {spec!r}: cannot read {part!r}; each constraint is a positive number and a "
-        f"unit ({UNITS}), e.g. budget=15ms,2MiB"
-    )
+# Each a grammar error (a unit, a number, a repeated kind, a limit); their messages are pinned
+# in tests/server/test_errors_messages.py.
+REFUSED = [
+    "5xs",
+    "5MS",
+    "5kib",
+    "5KB",
+    "2h",
+    "-5ms",
+    "0ms",
+    "0.0MiB",
+    "0e5s",
+    "NaNms",
+    "nanms",
+    "infms",
+    "1e999ms",
+    "1e999B",
+    "3601s",
+    "1e300ms",
+    "2000000GiB",
+    "0.5B",
+    "5ms,10ms",
+    "5ms,1s",
+    "1MiB,2kB",
+    "5ms,",
+    ",5ms",
+    "5ms,,2MiB",
+    "ms",
+    "15",
+    "fast",
+    "15ms;2MiB",
+    "1 5ms",
+    "0x10B",
+    "1e5e5ms",
+]
 
 
-def unknown_unit(spec: str, unit: str) -> str:
-    return (
-        f"budget {spec!r}: unknown unit {unit!r}; use one of {UNITS} (units are "
-        "case-sensitive), e.g. budget=15ms,2MiB"
-    )
-
-
-def not_positive(spec: str, part: str) -> str:
-    return f"budget {spec!r}: {part!r} must be a positive finite number"
-
-
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ("5xs", unknown_unit("5xs", "xs")),
-        ("5MS", unknown_unit("5MS", "MS")),
-        ("5kib", unknown_unit("5kib", "kib")),
-        ("5KB", unknown_unit("5KB", "KB")),
-        ("2h", unknown_unit("2h", "h")),
-        ("-5ms", cannot_read("-5ms", "-5ms")),
-        ("0ms", not_positive("0ms", "0ms")),
-        ("0.0MiB", not_positive("0.0MiB", "0.0MiB")),
-        ("0e5s", not_positive("0e5s", "0e5s")),
-        ("NaNms", cannot_read("NaNms", "NaNms")),
-        ("nanms", cannot_read("nanms", "nanms")),
-        ("infms", cannot_read("infms", "infms")),
-        ("1e999ms", not_positive("1e999ms", "1e999ms")),
-        ("1e999B", not_positive("1e999B", "1e999B")),
-        (
-            "3601s",
-            "budget '3601s': latency '3601s' is over the 3600 s limit; leave the latency "
-            "budget out to get the best level",
-        ),
-        (
-            "1e300ms",
-            "budget '1e300ms': latency '1e300ms' is over the 3600 s limit; leave the latency "
-            "budget out to get the best level",
-        ),
-        (
-            "2000000GiB",
-            "budget '2000000GiB': memory '2000000GiB' is over 1 PiB; leave the memory budget "
-            "out to get the best level",
-        ),
-        ("0.5B", "budget '0.5B': memory '0.5B' is under one byte"),
-        ("5ms,10ms", "budget '5ms,10ms': more than one latency constraint; give one"),
-        ("5ms,1s", "budget '5ms,1s': more than one latency constraint; give one"),
-        ("1MiB,2kB", "budget '1MiB,2kB': more than one memory constraint; give one"),
-        ("5ms,", cannot_read("5ms,", "")),
-        (",5ms", cannot_read(",5ms", "")),
-        ("5ms,,2MiB", cannot_read("5ms,,2MiB", "")),
-        ("ms", cannot_read("ms", "ms")),
-        ("15", cannot_read("15", "15")),
-        ("fast", cannot_read("fast", "fast")),
-        ("15ms;2MiB", cannot_read("15ms;2MiB", "15ms;2MiB")),
-        ("1 5ms", cannot_read("1 5ms", "1 5ms")),
-        ("0x10B", cannot_read("0x10B", "0x10B")),
-        ("1e5e5ms", cannot_read("1e5e5ms", "1e5e5ms")),
-    ],
-)
-def test_errors(spec: str, message: str) -> None:
+@pytest.mark.parametrize("spec", REFUSED)
+def test_errors(spec: str) -> None:
     with pytest.raises(InvalidBudget) as info:
         parse_budget(spec)
-    assert info.value.message == message
-    assert info.value.status == 422
-    assert info.value.body() == {"error": {"type": "invalid_budget", "message": message}}
+    assert (info.value.status, info.value.type) == (422, "invalid_budget")
+    assert set(info.value.body()["error"]) == {"type", "message"}
     assert info.value.headers() == {}

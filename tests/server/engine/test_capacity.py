@@ -5,13 +5,12 @@ outcomes count as misses (late answers, 504s, sheds)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from server.budget import Budget
 from server.engine.capacity import Attainment, break_even_miss_share
-from tests.conftest import AppClient, ServeFactory
+from tests.conftest import AppClient, FakeClock, ServeFactory
 from tests.server.helpers import error_of, example, sample
 from tests.server.queues import metrics
 
@@ -81,7 +80,8 @@ def counts(att: Attainment) -> tuple[int, int]:
 
 
 async def test_met_late_timed_out_and_shed_budgets_are_counted(serve: ServeFactory) -> None:
-    client = await serve()
+    clock = FakeClock()
+    client = await serve(clock=clock)
     service = client.app.state.runtime.service
     service.forecast.attainment = att = Attainment(tau_s=1e9, min_events=1)
     x = {"inputs": example("digits", 7).tolist()}
@@ -91,7 +91,7 @@ async def test_met_late_timed_out_and_shed_budgets_are_counted(serve: ServeFacto
     late = await client.post("/infer/digits?budget=1us", json=x)  # past its deadline: 504
     assert error_of(late)[:2] == (504, "deadline_exceeded")
     assert counts(att) == (1, 1)
-    service.batcher.busy_until = time.perf_counter() + 0.4  # a forward 0.4 s from its end
+    service.batcher.busy_until = clock() + 0.4  # a forward 0.4 s from its end
     body = json.dumps(x).encode()
     shed = await client.post(
         "/infer/digits?budget=90ms", content=body, headers={"content-type": "application/json"}

@@ -1,16 +1,16 @@
 """The deadline re-check when a batch forms, in process, with fault-injecting forwards:
-nothing is computed after its deadline; before it, reject fails and degrade moves."""
+nothing is computed after its deadline; before it, reject fails and degrade moves. Time
+passes when a test moves the engine's clock (``FakeClock``), never by sleeping."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import numpy as np
 import pytest
 
 from model_store.checkpoint import Checkpoint
-from tests.conftest import AppClient, ServeFactory, wait_until
+from tests.conftest import AppClient, FakeClock, ServeFactory, wait_until
 from tests.server.helpers import (
     BLOCK,
     MARK,
@@ -40,15 +40,16 @@ async def one_missed_and_refused(client: AppClient) -> None:
 
 async def test_deadline_rechecked_when_the_batch_forms(serve: ServeFactory) -> None:
     recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
+    clock = FakeClock()
+    client = await serve(forward_wrapper=recorder, clock=clock)
     late_x = example("digits", 40, mark=MARK)
     try:
         running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
         await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        await asyncio.sleep(0.1)  # past the running forward's predicted end
+        clock.advance(0.1)  # past the running forward's predicted end
         late = post(client, "digits", late_x, "?budget=250ms&on_miss=reject")
         await wait_until(lambda: batcher(client).total_queued() == 1, 10, "queued")
-        await asyncio.sleep(0.3)  # the deadline passes while it waits
+        clock.advance(0.3)  # the deadline passes while it waits
     finally:
         recorder.release.set()
     status, kind, message = error_of(await late)
@@ -65,7 +66,8 @@ async def test_the_deadline_is_checked_per_request_of_a_batch(
     """One queue holding requests out of time (on_miss=reject), in time, and without a
     budget: the batch that forms computes exactly the ones that can still be answered."""
     recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
+    clock = FakeClock()
+    client = await serve(forward_wrapper=recorder, clock=clock)
     late_xs = [example("digits", 60 + i, mark=MARK) for i in range(2)]
     kept = [  # (query, input): no budget, and a budget it can still meet
         ("", example("digits", 62)),
@@ -75,7 +77,7 @@ async def test_the_deadline_is_checked_per_request_of_a_batch(
     try:
         running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
         await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        await asyncio.sleep(0.1)  # past the running forward's predicted end
+        clock.advance(0.1)  # past the running forward's predicted end
         late = [post(client, "digits", x, "?budget=250ms&on_miss=reject") for x in late_xs[:1]]
         await queued(client, "digits", 4, 1)
         kept_calls = [post(client, "digits", kept[0][1], kept[0][0])]
@@ -85,7 +87,7 @@ async def test_the_deadline_is_checked_per_request_of_a_batch(
         kept_calls += [post(client, "digits", x, q) for q, x in kept[1:]]
         await queued(client, "digits", 4, 5)
         recorder.clear()
-        await asyncio.sleep(0.3)  # the 250 ms deadlines pass while they wait
+        clock.advance(0.3)  # the 250 ms deadlines pass while they wait
     finally:
         recorder.release.set()
     assert (await running).status_code == 200
@@ -115,14 +117,15 @@ async def test_overdue_request_is_never_computed_even_with_degrade(
     """Its deadline passed while it waited: an answer now could only be late, so it is not
     computed at any level (504), degrade or pinned alike."""
     recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
+    clock = FakeClock()
+    client = await serve(forward_wrapper=recorder, clock=clock)
     try:
         running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=2")
         await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        await asyncio.sleep(0.1)  # past the running forward's predicted end
+        clock.advance(0.1)  # past the running forward's predicted end
         late = post(client, "digits", example("digits", 41, mark=MARK), query)
         await wait_until(lambda: batcher(client).total_queued() == 1, 10, "queued")
-        await asyncio.sleep(0.3)  # the deadline passes while it waits
+        clock.advance(0.3)  # the deadline passes while it waits
     finally:
         recorder.release.set()
     status, kind, message = error_of(await late)

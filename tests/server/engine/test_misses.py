@@ -13,6 +13,7 @@ from server.engine.capacity import EventRate, budgeted_ceiling
 from server.engine.misses import PredictionErrors
 from server.engine.profile import LatencyProfile
 from server.engine.selection import LevelOption, select_level
+from tests.conftest import FakeClock
 from tests.server.engine.test_selection import budget, table
 
 MS = 1e-3
@@ -68,12 +69,17 @@ def test_errors_older_than_max_age_are_forgotten() -> None:
 
 
 def test_event_rate_is_a_decaying_count_per_second() -> None:
-    rate = EventRate(tau_s=0.5, _at=0.0)
+    rate = EventRate(tau_s=0.5, clock=lambda: 0.0)
     for i in range(100):
         rate.add(1, now=i * 0.01)  # 100 a second for one second
     assert rate.per_s(1.0) == pytest.approx(100 * (1 - math.exp(-2)), rel=0.02)
     assert rate.per_s(1.5) == pytest.approx(rate.per_s(1.0) * math.exp(-1))
-    assert EventRate(_at=0.0).per_s(5.0) == 0.0
+    assert EventRate(clock=lambda: 0.0).per_s(5.0) == 0.0
+    clock = FakeClock()
+    driven = EventRate(tau_s=0.5, clock=clock)
+    driven.add(50)  # at the clock's time
+    clock.advance(0.5)  # one time constant later: 100/s decayed by e
+    assert driven.per_s() == pytest.approx(100 * math.exp(-1))
 
 
 def profile(per_example_ms: dict[int, float], batch: int = 32) -> LatencyProfile:

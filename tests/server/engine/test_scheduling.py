@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import threading
-import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -20,7 +19,7 @@ from server.engine.batching import NO_BUDGET_YIELD_S
 from server.engine.capacity import EventRate
 from server.engine.executor import ForwardFn
 from server.engine.misses import PredictionErrors
-from tests.conftest import AppClient, ServeFactory, wait_until
+from tests.conftest import AppClient, FakeClock, ServeFactory, wait_until
 from tests.server.engine.test_batching import CountingBody
 from tests.server.helpers import (
     BLOCK,
@@ -35,16 +34,20 @@ from tests.server.queues import batcher, metrics, post
 
 
 @contextlib.asynccontextmanager
-async def executor_held(serve: ServeFactory) -> AsyncIterator[tuple[AppClient, Recorder]]:
+async def executor_held(
+    serve: ServeFactory,
+) -> AsyncIterator[tuple[AppClient, Recorder, FakeClock]]:
     """A server whose executor is held by a level-1 forward while the block runs; released
-    (and that request answered 200) when it ends. The recorder holds the batches since."""
+    (and that request answered 200) when it ends. The recorder holds the batches since;
+    the engine's time moves when the test moves the clock."""
     recorder = Recorder({BLOCK: "block"})
-    client = await serve(forward_wrapper=recorder)
+    clock = FakeClock()
+    client = await serve(forward_wrapper=recorder, clock=clock)
     recorder.clear()  # the warm-up's batches
     running = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=1")
     try:
         await wait_until(recorder.entered.is_set, 10, "the blocking forward")
-        yield client, recorder
+        yield client, recorder, clock
     finally:
         recorder.release.set()
     assert (await running).status_code == 200
@@ -54,7 +57,7 @@ async def test_the_queue_with_the_earliest_deadline_runs_first(serve: ServeFacto
     """Queued in the order: level 4 without a budget (due ``NO_BUDGET_YIELD_S`` = 1 s after
     it was queued), level 2 due in 2 s, level 3 due in 0.5 s; served in the order 3, 4, 2
     once the executor is free (first come, first served would be 4, 2, 3)."""
-    async with executor_held(serve) as (client, recorder):
+    async with executor_held(serve) as (client, recorder, _):
         queued = []
         for i, query in enumerate(("?level=4", "?level=2&budget=2s", "?level=3&budget=500ms")):
             queued.append(post(client, "digits", example("digits", 60 + i), query))
@@ -66,10 +69,10 @@ async def test_the_queue_with_the_earliest_deadline_runs_first(serve: ServeFacto
 async def test_a_request_without_a_budget_yields_for_a_while_only(serve: ServeFactory) -> None:
     """Queued ``NO_BUDGET_YIELD_S`` before a request due in 5 s, a request without a budget
     is due first: it runs first."""
-    async with executor_held(serve) as (client, recorder):
+    async with executor_held(serve) as (client, recorder, clock):
         patient = post(client, "digits", example("digits", 70), "?level=4")
         await wait_until(lambda: batcher(client).total_queued() == 1, 10, "queued")
-        await asyncio.sleep(NO_BUDGET_YIELD_S + 0.1)
+        clock.advance(NO_BUDGET_YIELD_S + 0.1)
         hurried = post(client, "digits", example("digits", 71), "?level=2&budget=5s")
         await wait_until(lambda: batcher(client).total_queued() == 2, 10, "queued")
     assert (await patient).status_code == (await hurried).status_code == 200
@@ -82,7 +85,8 @@ async def test_a_budget_the_queues_would_make_late_is_refused_before_its_body(
     """A forward running for another 0.2 s: a 90 ms budget would be late at every level, so
     it is 429 ``server_busy`` without its body read, on both front ends; 400 ms, and no
     budget, are served."""
-    client = await serve()
+    clock = FakeClock()
+    client = await serve(clock=clock)
     service = client.app.state.runtime.service
     body = json.dumps({"inputs": example("digits", 80).tolist()}).encode()
     x = example("digits", 80)
@@ -92,7 +96,7 @@ async def test_a_budget_the_queues_would_make_late_is_refused_before_its_body(
         "parameters": {"budget": "90ms"},
     }  # fmt: skip
     stream = CountingBody(body)
-    service.batcher.busy_until = time.perf_counter() + 0.2  # stands in for a long forward
+    service.batcher.busy_until = clock() + 0.2  # stands in for a long forward
     refused = await client.post(
         "/infer/digits?budget=90ms", content=stream, headers={"content-type": "application/json"}
     )

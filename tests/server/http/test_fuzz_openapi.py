@@ -28,11 +28,13 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from PIL import Image
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from server.http.app import create_app
+from server.http.decode import NPY_TYPES
 from server.settings import demo_checkpoint
 from tests.conftest import READY_TIMEOUT_S, server_settings
 
@@ -102,7 +104,17 @@ def npy_bodies() -> st.SearchStrategy[bytes]:
     return st.one_of(st.just(npy_bytes(DIGIT)), arrays, st.binary(max_size=300))
 
 
-schemathesis.openapi.media_type("application/x-npy", npy_bodies())
+def jpeg_bodies() -> st.SearchStrategy[bytes]:
+    """``image/jpg`` bodies (``image/jpeg`` has schemathesis's own sample): the digit as a
+    JPEG, and random bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(((DIGIT[0] + 1) * 127).astype(np.uint8)).save(buffer, format="JPEG")
+    return st.one_of(st.just(buffer.getvalue()), st.binary(max_size=300))
+
+
+for npy_type in NPY_TYPES:
+    schemathesis.openapi.media_type(npy_type, npy_bodies())
+schemathesis.openapi.media_type("image/jpg", jpeg_bodies())
 # The document does not depend on the checkpoint, which only loads in the lifespan.
 SCHEMA = schemathesis.openapi.from_dict(
     narrowed(create_app(server_settings(demo_checkpoint())).openapi())

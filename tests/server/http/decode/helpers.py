@@ -44,12 +44,14 @@ def fails(
     content_type: str | None,
     spec: TaskSpec = DIGITS,
     **limits: int,
-) -> str:
-    """Decode, expecting ``error`` exactly; returns its message."""
+) -> ServeError:
+    """Decode, expecting ``error`` exactly, and return it (its message is pinned in
+    tests/server/test_errors_messages.py)."""
     with pytest.raises(ServeError) as info:
         run(body, content_type, spec, **limits)
     assert type(info.value) is error
-    return info.value.message
+    assert set(info.value.body()["error"]) == {"type", "message"}
+    return info.value
 
 
 def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -79,11 +81,3 @@ def normalised(pixels: np.ndarray, spec: TaskSpec) -> np.ndarray:
     mean = np.asarray(spec.preprocessing.mean, np.float32)[:, None, None]
     std = np.asarray(spec.preprocessing.std, np.float32)[:, None, None]
     return ((x - mean) / std)[None]
-
-
-def shape_message(spec: TaskSpec, got: tuple[int, ...]) -> str:
-    dims = ", ".join(map(str, spec.input_shape))
-    return (
-        f"task {spec.name!r} takes one example of shape ({dims}) or a batch (B, {dims}); "
-        f"got shape {got}"
-    )

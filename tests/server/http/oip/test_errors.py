@@ -24,115 +24,60 @@ from tests.server.http.oip.helpers import (
 TOO_BIG = json.loads("1e40")
 
 
-ACCEPTS = (
-    "FP32 (or FP16, FP64) model-space values, or UINT8 raw pixels 0..255 that the server "
-    "preprocesses"
-)
-
-
-BAD_REQUESTS: list[tuple[str, Any, str, str]] = [
-    ("datatype string", with_input(datatype="FLOAT32"), "invalid_input",
-     "unknown datatype 'FLOAT32'; the protocol's datatypes are BOOL, UINT8, UINT16, UINT32, "
-     "UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES (case-sensitive), and model "
-     f"'digits' takes {ACCEPTS}"),
-    ("datatype case", with_input(datatype="fp32"), "invalid_input",
-     "unknown datatype 'fp32'; the protocol's datatypes are BOOL, UINT8, UINT16, UINT32, "
-     "UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES (case-sensitive), and model "
-     f"'digits' takes {ACCEPTS}"),
-    ("unsupported datatype", with_input(datatype="INT64"), "invalid_input",
-     f"datatype INT64 is not accepted for input 'input' of model 'digits'; send {ACCEPTS}"),
-    ("shape/data length", with_input(shape=[1, 1, 8, 9]), "invalid_input",
-     "input 'input' has shape [1, 1, 8, 9] (72 elements) but its data holds 64; send every "
-     "element, in row-major order"),
-    ("negative dimension", with_input(shape=[-1, 1, 8, 8]), "invalid_input",
-     "input 'input' has shape [-1, 1, 8, 8]; dimensions must be 0 or more"),
-    ("shape the task does not take", with_input(shape=[2, 32]), "invalid_input",
-     "task 'digits' takes one example of shape (1, 8, 8) or a batch (B, 1, 8, 8); got shape "
-     "(2, 32)"),
-    ("unknown input name", with_input(name="pixels"), "invalid_input",
-     "unknown input 'pixels' for model 'digits'; its input is named 'input'"),
-    ("two inputs", {"inputs": [GOOD, {**GOOD, "name": "mask"}]}, "invalid_input",
-     "model 'digits' takes one input, 'input'; got 2 ('input', 'mask')"),
-    ("no inputs field", {"id": "1"}, "invalid_input",
-     "invalid inference request: inputs: Field required"),
-    ("empty inputs", {"inputs": []}, "invalid_input",
-     "the request has no inputs; model 'digits' takes one input named 'input'"),
-    ("NaN", with_input(data=[float("nan"), *GOOD["data"][1:]]), "invalid_input",
-     "inputs contain NaN or Inf (first at index (0, 0, 0, 0), after float32 conversion); send "
-     "finite values"),
-    ("over FP32 range", with_input(data=[*GOOD["data"][:-1], TOO_BIG]), "invalid_input",
-     "inputs contain NaN or Inf (first at index (0, 0, 7, 7), after float32 conversion); send "
-     "finite values"),
-    ("strings", with_input(data=["0.5"] * 64), "invalid_input",
-     "input 'input' data must be numbers; it holds strings, booleans, nulls or integers past 64 "
-     "bits (numpy dtype <U3)"),
-    ("no data", {"inputs": [{k: v for k, v in GOOD.items() if k != "data"}]}, "invalid_input",
-     'input \'input\' has no "data"; send its elements as a JSON array (row-major, flat or '
-     "nested)"),
+# Their messages are pinned in tests/server/test_errors_messages.py (OIP_MESSAGES).
+BAD_REQUESTS: list[tuple[str, Any, str]] = [
+    ("datatype string", with_input(datatype="FLOAT32"), "invalid_input"),
+    ("datatype case", with_input(datatype="fp32"), "invalid_input"),
+    ("unsupported datatype", with_input(datatype="INT64"), "invalid_input"),
+    ("shape/data length", with_input(shape=[1, 1, 8, 9]), "invalid_input"),
+    ("negative dimension", with_input(shape=[-1, 1, 8, 8]), "invalid_input"),
+    ("shape the task does not take", with_input(shape=[2, 32]), "invalid_input"),
+    ("unknown input name", with_input(name="pixels"), "invalid_input"),
+    ("two inputs", {"inputs": [GOOD, {**GOOD, "name": "mask"}]}, "invalid_input"),
+    ("no inputs field", {"id": "1"}, "invalid_input"),
+    ("empty inputs", {"inputs": []}, "invalid_input"),
+    ("NaN", with_input(data=[float("nan"), *GOOD["data"][1:]]), "invalid_input"),
+    ("over FP32 range", with_input(data=[*GOOD["data"][:-1], TOO_BIG]), "invalid_input"),
+    ("strings", with_input(data=["0.5"] * 64), "invalid_input"),
+    ("no data", {"inputs": [{k: v for k, v in GOOD.items() if k != "data"}]}, "invalid_input"),
     ("binary extension", {"inputs": [{**{k: v for k, v in GOOD.items() if k != "data"},
                                       "parameters": {"binary_data_size": 256}}]},
-     "invalid_input",
-     'the binary tensor data extension is not supported; send the tensor as JSON "data" '
-     "(tritonclient: set_data_from_numpy(x, binary_data=False))"),
+     "invalid_input"),
     ("shared memory extension", {"inputs": [{**{k: v for k, v in GOOD.items() if k != "data"},
                                              "parameters": {"shared_memory_region": "r"}}]},
-     "invalid_input",
-     'the shared memory extension is not supported; send the tensor as JSON "data"'),
-    ("shape of strings", with_input(shape=["1", 1, 8, 8]), "invalid_input",
-     "invalid inference request: inputs.0.shape.0: Input should be a valid integer"),
-    ("UINT8 out of range", with_input(datatype="UINT8", data=[256] + [0] * 63), "invalid_input",
-     "input 'input' is UINT8 (raw pixels) but its data holds 256; send integers 0..255"),
-    ("UINT8 not integers", with_input(datatype="UINT8", data=[0.5] * 64), "invalid_input",
-     "input 'input' is UINT8 (raw pixels) but its data holds non-integers; send integers "
-     "0..255, or FP32 model-space values"),
-    ("unknown output", {"inputs": [GOOD], "outputs": [{"name": "logits"}]}, "invalid_input",
-     "unknown output 'logits' for model 'digits'; its outputs are 'probabilities' (FP32, "
-     "[B, classes]) and 'class_index' (INT64, [B])"),
+     "invalid_input"),
+    ("shape of strings", with_input(shape=["1", 1, 8, 8]), "invalid_input"),
+    ("UINT8 out of range", with_input(datatype="UINT8", data=[256] + [0] * 63), "invalid_input"),
+    ("booleans among numbers", with_input(data=[True] + [0.5] * 63), "invalid_input"),
+    ("UINT8 not integers", with_input(datatype="UINT8", data=[0.5] * 64), "invalid_input"),
+    ("unknown output", {"inputs": [GOOD], "outputs": [{"name": "logits"}]}, "invalid_input"),
     ("classification extension",
      {"inputs": [GOOD], "outputs": [{"name": "class_index", "parameters": {"classification": 3}}]},
-     "invalid_input",
-     "output parameter 'classification' of output 'class_index' is not supported; leave it out "
-     "(outputs are answered as JSON tensors)"),
+     "invalid_input"),
     ("unknown parameter", {"inputs": [GOOD], "parameters": {"budjet": "2MiB"}},
-     "invalid_parameter",
-     "unknown parameter 'budjet'; this server takes budget (e.g. \"15ms,2MiB\"), level "
-     '(1-based) and on_miss ("degrade" or "reject")'),
+     "invalid_parameter"),
     ("nested parameter", {"inputs": [GOOD], "parameters": {"budget": {"ms": 5}}},
-     "invalid_input",
-     "invalid inference request: parameters.budget: Value error, a parameter value must be a "
-     "string, a number or a boolean"),
-    ("budget type", {"inputs": [GOOD], "parameters": {"budget": 15}}, "invalid_parameter",
-     'parameter budget must be a string such as "15ms,2MiB"; got 15'),
-    ("budget grammar", {"inputs": [GOOD], "parameters": {"budget": "5xs"}}, "invalid_budget",
-     "budget '5xs': unknown unit 'xs'; use one of us, ms, s, B, kB, MB, GB, KiB, MiB, GiB "
-     "(units are case-sensitive), e.g. budget=15ms,2MiB"),
+     "invalid_input"),
+    ("budget type", {"inputs": [GOOD], "parameters": {"budget": 15}}, "invalid_parameter"),
+    ("budget grammar", {"inputs": [GOOD], "parameters": {"budget": "5xs"}}, "invalid_budget"),
     ("memory budget too small", {"inputs": [GOOD], "parameters": {"budget": "1kB"}},
-     "budget_unsatisfiable",
-     "memory budget 1000 B (1000 B) is below the smallest level of task 'digits': level 1 "
-     "needs 1744 B (1.7 KiB); raise the budget to at least that"),
+     "budget_unsatisfiable"),
     ("budget length", {"inputs": [GOOD], "parameters": {"budget": "1" * 199 + "ms"}},
-     "invalid_parameter",
-     'parameter budget is 201 characters long, over the limit of 200; a budget is one or two '
-     'constraints, e.g. "15ms,2MiB"'),
-    ("level range", {"inputs": [GOOD], "parameters": {"level": 9}}, "invalid_parameter",
-     "level 9 is out of range for task 'digits': use 1..4"),
-    ("level type", {"inputs": [GOOD], "parameters": {"level": "2"}}, "invalid_parameter",
-     'parameter level must be an integer (1-based); got "2"'),
-    ("on_miss", {"inputs": [GOOD], "parameters": {"on_miss": "wait"}}, "invalid_parameter",
-     'parameter on_miss must be "degrade" or "reject"; got "wait"'),
-    ("not an object", [GOOD], "invalid_input",
-     'body must be a JSON object (an inference request): {"inputs": [{"name": "input", '
-     '"shape": [...], "datatype": "FP32", "data": [...]}]}'),
+     "invalid_parameter"),
+    ("level range", {"inputs": [GOOD], "parameters": {"level": 9}}, "invalid_parameter"),
+    ("level type", {"inputs": [GOOD], "parameters": {"level": "2"}}, "invalid_parameter"),
+    ("on_miss", {"inputs": [GOOD], "parameters": {"on_miss": "wait"}}, "invalid_parameter"),
+    ("not an object", [GOOD], "invalid_input"),
 ]  # fmt: skip
 
 
 async def test_bad_requests_are_400_in_the_protocol_shape(client: AppClient) -> None:
     wrong = []
-    for case, body, kind, message in BAD_REQUESTS:
+    for case, body, kind in BAD_REQUESTS:
         # json.dumps: NaN as the literal JSON parsers (Python's included) accept.
         r = await client.post(INFER.format(task="digits"), content=json.dumps(body).encode())
         got = oip_error(r)
-        if got != (400, kind, message):
+        if got[:2] != (400, kind):
             wrong.append((case, got))
         assert "retry-after" not in r.headers
     assert wrong == []
