@@ -86,7 +86,15 @@ class SlowBatch:
 
     def __enter__(self) -> SlowBatch:
         self.response = self.pool.submit(post, self.server, "?level=4", body(SLOW_EXAMPLES, seed=0))
-        wait_for(lambda: forward_running(self.server), "the slow batch's forward")
+
+        def running() -> bool:
+            assert self.response is not None
+            if self.response.done():  # answered before it was seen running: say how
+                r = self.response.result()
+                pytest.fail(f"the slow batch ended early: {r.status_code} {r.text[:300]}")
+            return forward_running(self.server)
+
+        wait_for(running, "the slow batch's forward")
         return self
 
     def still_running(self) -> bool:
