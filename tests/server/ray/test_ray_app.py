@@ -184,7 +184,8 @@ async def test_router_prefers_the_idle_replica(ray_app: RayApp) -> None:
     fast = sum(served.values()) - slow
     # The slow replica takes SLOW_S a forward: it gets the work it can do, the rest goes to
     # the idle one.
-    assert fast >= 3 * slow, f"forwards: fast replica {fast}, slow replica {slow}"
+    # Measured 43 against 13; power of two choices without the stats splits ~1:1 here.
+    assert fast >= 2 * slow, f"forwards: fast replica {fast}, slow replica {slow}"
 
 
 async def test_replica_killed_under_load_every_request_answered(ray_app: RayApp) -> None:
