@@ -38,6 +38,7 @@ from server.engine.client import ENGINE_DOWN, EngineClient, EngineStatus, missed
 from server.engine.outcome import Answer, ClientDisconnected, outcome_of
 from server.errors import BacklogShed, EngineUnavailable, ServeError, ServerBusy
 from server.logs import SERVER
+from server.ray.metrics import merge_pages
 
 REPLICA_LOST = (
     "the engine replica handling this request stopped before answering; retry (the other "
@@ -83,8 +84,11 @@ class RayEngineClient(EngineClient):
         status_interval_s: float = 0.1,
         down_after_s: float = 2.0,
         call_timeout_s: float = 30.0,
+        metrics_timeout_s: float = 2.0,
+        forget_after_s: float = 10.0,
     ) -> None:
         self.handle = handle
+        self.metrics_timeout_s = metrics_timeout_s
         self.manifest = manifest
         self.specs = specs
         self.max_inflight = max_inflight
@@ -97,6 +101,10 @@ class RayEngineClient(EngineClient):
         self._abandoned: set[int] = set()
         self._refused: Counter[tuple[str, str, str | None, bool]] = Counter()
         self._poll: asyncio.Task[None] | None = None
+        # Replicas by when a status last came from one (the router spreads the polls):
+        # those seen within forget_after_s are scraped by name for /metrics.
+        self._seen: dict[str, float] = {}
+        self.forget_after_s = forget_after_s
 
     async def start(self) -> None:
         self._poll = asyncio.create_task(self._poll_status(), name="dvn-ray-status")
@@ -125,6 +133,7 @@ class RayEngineClient(EngineClient):
             except Exception:  # a bug of ours must not stop the status from being kept
                 SERVER.exception("engine status poll failed")
             else:
+                self._seen[value["replica"]] = time.monotonic()
                 self._status = EngineStatus(
                     True, value["ready"], value["loaded"], value["draining"], value["failed"]
                 )
@@ -184,6 +193,7 @@ class RayEngineClient(EngineClient):
             raise EngineUnavailable(ENGINE_DOWN, retry_after_s=1)
         if method == "metrics":
             await self._flush_refused()
+            return await self._metrics()
         try:
             encoded = await asyncio.wait_for(
                 self.handle.call.remote(method, args), self.call_timeout_s
@@ -201,6 +211,37 @@ class RayEngineClient(EngineClient):
             raise reply.error()
         assert isinstance(reply, wire.Result)
         return reply.value
+
+    async def _metrics(self) -> bytes:
+        """Every replica's registry, merged, each series labelled with its replica (replicas
+        that do not answer within ``metrics_timeout_s`` are left out)."""
+        now = time.monotonic()
+        names = sorted(n for n, seen in self._seen.items() if now - seen < self.forget_after_s)
+        if not names:  # no request routed yet: whichever replica the router picks
+            name, text = await self._replica_metrics(None)
+            return merge_pages({name: text.decode()}).encode()
+        results = await asyncio.gather(
+            *(self._replica_metrics(n) for n in names), return_exceptions=True
+        )
+        pages = {}
+        for result in results:
+            if isinstance(result, BaseException):
+                SERVER.warning("replica metrics missing", extra={"fields": {"why": repr(result)}})
+                continue
+            name, text = result
+            pages[name] = text.decode()
+        if not pages:
+            raise EngineUnavailable(ENGINE_DOWN, retry_after_s=1)
+        return merge_pages(pages).encode()
+
+    async def _replica_metrics(self, name: str | None) -> tuple[str, bytes]:
+        response = self.handle.metrics.remote(replica=name)
+        try:
+            value: tuple[str, bytes] = await asyncio.wait_for(response, self.metrics_timeout_s)
+        except TimeoutError:
+            response.cancel()  # type: ignore[no-untyped-call]
+            raise
+        return value
 
     def refused(self, task: str, error: ServeError) -> None:
         # Counted here and sent in bulk with the next status poll (or before a scrape).

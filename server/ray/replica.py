@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import numpy as np
+from prometheus_client import generate_latest
 
 from server.engine import wire
 from server.engine.client import call_engine_async
@@ -106,6 +107,11 @@ class DVNEngine:
         except ServeError as e:
             reply = wire.failed(0, e)
         return wire.encode(reply)
+
+    def metrics(self, replica: str | None = None) -> tuple[str, bytes]:
+        """This replica's registry as Prometheus text, with its name (``replica``: the name
+        the call was routed by)."""
+        return self.name, generate_latest(self.runtime.metrics.registry)
 
     def status(self) -> dict[str, Any]:
         """:func:`~server.engine.runtime.engine_status`, with this replica's name."""

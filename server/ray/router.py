@@ -9,8 +9,11 @@ there, behind its queues and running forward (``wait_s``), and on an idle replic
 prediction: the first that accepts the request gets it.
 
 When a replica's report is missing or older than ``stale_after_s``, or the call is not an
-inference (status, metrics, exports), the router falls back to Ray's power of two choices:
+inference (status, exports), the router falls back to Ray's power of two choices:
 two random replicas, of which Ray gives the request to the one with the shorter queue.
+
+A call with a ``replica`` keyword (the ingress scraping each replica's metrics) goes to that
+replica, or waits for it.
 
 The choice itself, :func:`rank_replicas`, is a pure function of the reports, the sends
 since and the clock: tested with tables, no Ray needed.
@@ -61,14 +64,21 @@ def predicted_s(view: ReplicaView, task: str) -> float | None:
 
 
 def rank_replicas(
-    views: Sequence[ReplicaView], task: str | None, now: float, stale_after_s: float
+    views: Sequence[ReplicaView],
+    task: str | None,
+    now: float,
+    stale_after_s: float,
+    tie_s: float = 0.001,
+    rng: random.Random | None = None,
 ) -> list[str] | None:
-    """Replica names, soonest predicted answer first (ties: fewer requests outstanding).
-    Not-ready replicas go last. None when the prediction cannot be trusted (a report
-    missing or older than ``stale_after_s``, or no task): fall back to power of two
-    choices."""
+    """Replica names, soonest predicted answer first. Predictions within ``tie_s`` of each
+    other are a tie, broken by fewer requests outstanding, then at random (an idle cluster
+    spreads its requests). Not-ready replicas go last. None when the prediction cannot be
+    trusted (a report missing or older than ``stale_after_s``, or no task): fall back to
+    power of two choices."""
     if task is None or not views:
         return None
+    rng = rng or random.Random()
     scored = []
     for view in views:
         at = view.stats.get("at")
@@ -78,9 +88,16 @@ def rank_replicas(
         if predicted is None:
             return None
         ready = bool(view.stats.get("ready", False))
-        scored.append((not ready, predicted, len(view.sent), view.name))
+        scored.append((not ready, predicted, len(view.sent), rng.random(), view.name))
     scored.sort()
-    return [name for *_, name in scored]
+    # ties: predictions within tie_s of the best of their readiness group
+    ranked: list[tuple[bool, int, int, float, str]] = []
+    for not_ready, predicted, outstanding, draw, name in scored:
+        best = min(p for nr, p, *_ in scored if nr == not_ready)
+        bucket = 0 if predicted - best <= tie_s else 1 + int((predicted - best) / tie_s)
+        ranked.append((not_ready, bucket, outstanding, draw, name))
+    ranked.sort()
+    return [name for *_, name in ranked]
 
 
 class BudgetRouter(FIFOMixin, RequestRouter):
@@ -100,8 +117,11 @@ class BudgetRouter(FIFOMixin, RequestRouter):
     ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
-        task = _task_of(pending_request)
         by_name = {r.replica_id.unique_id: r for r in candidate_replicas}
+        target = None if pending_request is None else pending_request.kwargs.get("replica")
+        if target is not None:  # a call for one replica (metrics): that one or none
+            return [[by_name[target]]] if target in by_name else []
+        task = _task_of(pending_request)
         views = [
             ReplicaView(
                 name,

@@ -30,7 +30,14 @@ import pytest
 from model_store.checkpoint import Checkpoint
 from server.engine.executor import ForwardFn
 from tests.conftest import server_settings
-from tests.server.helpers import check_answer, error_of, example, npy_bytes
+from tests.server.helpers import (
+    check_answer,
+    error_of,
+    example,
+    npy_bytes,
+    parse_metrics,
+    series,
+)
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -156,6 +163,29 @@ async def test_two_replicas_answer_through_http(ray_app: RayApp, reference: Chec
     assert oip.status_code == 200
     served = ray_app.forwards() - before
     assert len(served) == 2, f"forwards by replica pid: {served}"  # both replicas answered
+
+
+def answered_by_replica(text: str) -> Counter[str]:
+    """dvn_requests_total{task="digits", outcome="ok"} by replica, from a /metrics page."""
+    counts: Counter[str] = Counter()
+    for labels, value in series(parse_metrics(text), "dvn_requests_total").items():
+        found = dict(labels)
+        if found.get("task") == "digits" and found.get("outcome") == "ok":
+            counts[found["replica"]] += int(value)
+    return counts
+
+
+async def test_metrics_of_every_replica_with_a_replica_label(ray_app: RayApp) -> None:
+    async with httpx.AsyncClient(base_url=ray_app.url, timeout=30) as client:
+        before = answered_by_replica((await client.get("/metrics")).text)
+        responses = await asyncio.gather(*(post(client, "digits", s, level=1) for s in range(20)))
+        assert [r.status_code for r in responses] == [200] * 20
+        page = await client.get("/metrics")
+    assert page.status_code == 200
+    after = answered_by_replica(page.text)
+    assert len(after) == 2, after  # both replicas' series, told apart by their label
+    assert sum(after.values()) - sum(before.values()) == 20  # counts sent == counts served
+    assert "dvn_engine_up 1" in page.text  # the ingress's own series follow
 
 
 async def test_router_prefers_the_idle_replica(ray_app: RayApp) -> None:

@@ -4,6 +4,7 @@ of two choices (None). No Ray cluster needed."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -46,6 +47,12 @@ def view(name: str, wait_s: float, *, at: float = NOW - 0.1, ready: bool = True,
             ["b", "a"],
             id="tie-fewer-outstanding",
         ),
+        pytest.param(
+            # 0.4 ms apart is a tie: fewer outstanding wins it
+            [view("a", 0.0100, sent=(NOW - 1.0,)), view("b", 0.0104)],
+            ["b", "a"],
+            id="within-tie-s",
+        ),
         pytest.param([view("a", 0.050), view("b", 0.002, at=NOW - 5.0)], None, id="stale"),
         pytest.param([view("a", 0.050), ReplicaView("b", {}, [])], None, id="no-report"),
         pytest.param([], None, id="no-replicas"),
@@ -53,6 +60,12 @@ def view(name: str, wait_s: float, *, at: float = NOW - 0.1, ready: bool = True,
 )
 def test_rank_replicas(views: list[ReplicaView], want: list[str] | None) -> None:
     assert rank_replicas(views, "digits", NOW, stale_after_s=1.0) == want
+
+
+def test_an_exact_tie_is_broken_at_random() -> None:
+    views = [view("a", 0.010), view("b", 0.010)]
+    firsts = {rank_replicas(views, "digits", NOW, 1.0, rng=random.Random(s))[0] for s in range(20)}  # type: ignore[index]
+    assert firsts == {"a", "b"}
 
 
 def test_unknown_task_or_non_inference_falls_back() -> None:
