@@ -126,6 +126,8 @@ class RayEngineClient(EngineClient):
                 value = await asyncio.wait_for(
                     self.handle.status.remote(), self.down_after_s
                 )  # fmt: skip
+            except BackPressureError:
+                pass  # up, and full: the last status stands (inference gets the 429s)
             except (TimeoutError, RayServeException, RayActorError, RayTaskError) as e:
                 if self._status.up:
                     SERVER.warning("engine replicas down", extra={"fields": {"why": repr(e)}})

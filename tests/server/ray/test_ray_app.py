@@ -218,6 +218,35 @@ async def test_router_prefers_the_idle_replica(ray_app: RayApp) -> None:
     assert fast >= 2 * slow, f"forwards: fast replica {fast}, slow replica {slow}"
 
 
+async def test_max_queued_requests_answered_429_in_our_shape(
+    ray_app: RayApp, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # A second application: one replica taking one request at a time, one more queued.
+    settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=2.0)
+    options = RayOptions(replicas=1, num_cpus=0.25, max_ongoing_requests=1, max_queued_requests=1)
+    (tmp_path / "slow-on").touch()
+    app = build_application(settings, options, forward_wrapper=Ledger(str(tmp_path)))
+    serve.run(app, name="tight", route_prefix="/tight")
+    try:
+        async with httpx.AsyncClient(base_url=f"{ray_app.url}/tight", timeout=30) as client:
+            responses = await asyncio.gather(
+                *(post(client, "digits", seed, level=4) for seed in range(8))
+            )
+    finally:
+        serve.delete("tight")
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 429}, statuses
+    for response in responses:
+        if response.status_code == 429:
+            assert error_of(response) == (
+                429,
+                "server_busy",
+                "every engine replica's queue is full (the deployment's max_queued_requests); "
+                "retry after Retry-After",
+            )
+            assert response.headers["retry-after"] == "1"
+
+
 async def test_replica_killed_under_load_every_request_answered(ray_app: RayApp) -> None:
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
