@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from typing import Any, cast
 
+import msgspec
 import numpy as np
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import (
@@ -40,6 +41,7 @@ from server.errors import BacklogShed, EngineUnavailable, ServeError, ServerBusy
 from server.logs import SERVER
 from server.ray.metrics import merge_pages
 
+RETRY_AFTER_S = 0.05  # before sending a request a replica refused uncomputed elsewhere
 REPLICA_LOST = (
     "the engine replica handling this request stopped before answering; retry (the other "
     "replicas answer)"
@@ -70,8 +72,8 @@ class RayEngineClient(EngineClient):
     ``max_inflight`` bounds the inference requests this ingress replica has at the engines
     (past it, 429 at once). Every ``status_interval_s`` it asks one replica its status
     (readiness, draining) and sends the counts of requests refused before they reached a
-    replica; a status that fails or does not come within ``down_after_s`` marks the engine
-    down until the next one does.
+    replica; when none has come for ``down_after_s`` the engine is down until one does.
+    It is ready while any replica seen lately is.
     """
 
     def __init__(
@@ -86,7 +88,9 @@ class RayEngineClient(EngineClient):
         call_timeout_s: float = 30.0,
         metrics_timeout_s: float = 2.0,
         forget_after_s: float = 10.0,
+        retries: int = 2,
     ) -> None:
+        self.retries = retries
         self.handle = handle
         self.metrics_timeout_s = metrics_timeout_s
         self.manifest = manifest
@@ -104,10 +108,18 @@ class RayEngineClient(EngineClient):
         # Replicas by when a status last came from one (the router spreads the polls):
         # those seen within forget_after_s are scraped by name for /metrics.
         self._seen: dict[str, float] = {}
+        self._statuses: dict[str, EngineStatus] = {}
+        self._answered = 0.0  # when a status last came
         self.forget_after_s = forget_after_s
 
     async def start(self) -> None:
+        """Start polling, and wait (at most ``call_timeout_s``) for the first status: an
+        ingress replica that Ray starts beside running engines (a redeploy) must not answer
+        503 for want of it."""
         self._poll = asyncio.create_task(self._poll_status(), name="dvn-ray-status")
+        deadline = time.monotonic() + self.call_timeout_s
+        while not self._answered and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         if self._poll is not None:
@@ -129,17 +141,34 @@ class RayEngineClient(EngineClient):
             except BackPressureError:
                 pass  # up, and full: the last status stands (inference gets the 429s)
             except (TimeoutError, RayServeException, RayActorError, RayTaskError) as e:
-                if self._status.up:
-                    SERVER.warning("engine replicas down", extra={"fields": {"why": repr(e)}})
-                self._status = EngineStatus(up=False)
+                # One failed poll may have met a replica that is stopping (scale-down,
+                # redeploy): down only when none has answered for down_after_s.
+                if time.monotonic() - self._answered > self.down_after_s:
+                    if self._status.up:
+                        SERVER.warning("engine replicas down", extra={"fields": {"why": repr(e)}})
+                    self._status = EngineStatus(up=False)
             except Exception:  # a bug of ours must not stop the status from being kept
                 SERVER.exception("engine status poll failed")
             else:
-                self._seen[value["replica"]] = time.monotonic()
-                self._status = EngineStatus(
+                self._answered = self._seen[value["replica"]] = time.monotonic()
+                self._statuses[value["replica"]] = EngineStatus(
                     True, value["ready"], value["loaded"], value["draining"], value["failed"]
                 )
+                self._status = self._overall()
             await asyncio.sleep(self.status_interval_s)
+
+    def _overall(self) -> EngineStatus:
+        """The engine as the front end sees it: ready while any replica seen lately is (a
+        replica draining on scale-down leaves the others serving)."""
+        now = time.monotonic()
+        recent = [
+            st for name, st in self._statuses.items()
+            if now - self._seen.get(name, 0.0) < self.forget_after_s
+        ]  # fmt: skip
+        ready = [st for st in recent if st.ready]
+        if ready:
+            return ready[0]
+        return recent[-1] if recent else EngineStatus(up=False)
 
     async def infer(
         self, request: wire.Infer, inputs: np.ndarray, entry: TaskEntry, budget: Budget | None
@@ -159,6 +188,31 @@ class RayEngineClient(EngineClient):
         self.inflight += 1
         sent = time.perf_counter()
         try:
+            for attempt in range(1 + self.retries):
+                if attempt:  # the budget counts from arrival, retries included
+                    header = msgspec.structs.replace(
+                        header, elapsed_s=request.elapsed_s + time.perf_counter() - sent
+                    )
+                reply, probs = await self._send(request, header, array)
+                # A replica that refused it uncomputed (draining, not warmed up): another
+                # replica may take it.
+                if not (isinstance(reply, wire.Failed) and reply.error_type == "not_ready"):
+                    break
+                if attempt < self.retries:
+                    await asyncio.sleep(RETRY_AFTER_S)
+        finally:
+            self.inflight -= 1
+        if isinstance(reply, wire.Failed):
+            raise reply.error()
+        assert isinstance(reply, wire.Answered) and probs is not None
+        if self.observe_ipc is not None:
+            self.observe_ipc(max(0.0, time.perf_counter() - sent - reply.engine_s))
+        return wire.answer_of(reply, probs, entry, budget)
+
+    async def _send(
+        self, request: wire.Infer, header: wire.Infer, array: np.ndarray
+    ) -> tuple[wire.Reply, np.ndarray | None]:
+        try:
             response = cast(
                 DeploymentResponse[Any],
                 self.handle.infer.remote(request.task, wire.encode(header), array),
@@ -174,14 +228,7 @@ class RayEngineClient(EngineClient):
         finally:
             self._abandoned.discard(request.id)
             self._responses.pop(request.id, None)
-            self.inflight -= 1
-        reply = wire.decode_reply(encoded)
-        if isinstance(reply, wire.Failed):
-            raise reply.error()
-        assert isinstance(reply, wire.Answered) and probs is not None
-        if self.observe_ipc is not None:
-            self.observe_ipc(max(0.0, time.perf_counter() - sent - reply.engine_s))
-        return wire.answer_of(reply, probs, entry, budget)
+        return wire.decode_reply(encoded), probs
 
     def cancel(self, request_id: int) -> None:
         response = self._responses.get(request_id)

@@ -54,6 +54,7 @@ class Ledger:
     """A forward wrapper (pickled to the replicas) that records who ran each forward."""
 
     directory: str
+    all_slow: bool = False  # every replica sleeps while slow-on exists
 
     def __call__(self, forward: ForwardFn) -> ForwardFn:
         root = Path(self.directory)
@@ -65,7 +66,7 @@ class Ledger:
             os.close(fd)
             slow = True
         except FileExistsError:
-            pass
+            slow = self.all_slow
 
         def recorded(task: int, level: int, x: np.ndarray) -> np.ndarray:
             with open(root / "forwards", "a") as f:
@@ -215,6 +216,7 @@ async def test_router_prefers_the_idle_replica(ray_app: RayApp) -> None:
     # The slow replica takes SLOW_S a forward: it gets the work it can do, the rest goes to
     # the idle one.
     # Measured 43 against 13; power of two choices without the stats splits ~1:1 here.
+    print(f"router: {fast} forwards on the idle replica, {slow} on the slow one")
     assert fast >= 2 * slow, f"forwards: fast replica {fast}, slow replica {slow}"
 
 
@@ -245,6 +247,39 @@ async def test_max_queued_requests_answered_429_in_our_shape(
                 "retry after Retry-After",
             )
             assert response.headers["retry-after"] == "1"
+
+
+async def test_scale_down_under_load_drains(
+    ray_app: RayApp, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=5.0)
+    wrapper = Ledger(str(tmp_path), all_slow=True)
+    (tmp_path / "slow-on").touch()
+
+    def deploy(replicas: int) -> None:
+        options = RayOptions(replicas=replicas, num_cpus=0.25)
+        serve.run(
+            build_application(settings, options, wrapper), name="shrink", route_prefix="/shrink"
+        )
+
+    deploy(2)
+    statuses: Counter[int] = Counter()
+    try:
+        async with httpx.AsyncClient(base_url=f"{ray_app.url}/shrink", timeout=60) as client:
+
+            async def user(first: int) -> None:
+                for seed in range(first, first + 12):
+                    statuses[(await post(client, "digits", seed, level=4)).status_code] += 1
+
+            users = asyncio.gather(*(user(i * 100) for i in range(6)))
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(deploy, 1)  # one replica stops, with requests
+            await users
+        status = serve.status().applications["shrink"].deployments["DVNEngine"]
+    finally:
+        serve.delete("shrink")
+    assert statuses == Counter({200: 72}), statuses  # nothing refused or lost in the drain
+    assert status.replica_states.get("RUNNING") == 1, status.replica_states
 
 
 async def test_replica_killed_under_load_every_request_answered(ray_app: RayApp) -> None:
