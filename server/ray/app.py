@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_store.checkpoint import config_from_manifest, read_manifest
 from server.engine.runtime import ForwardWrapper
@@ -105,7 +106,30 @@ class DVNIngress:
         client = RayEngineClient(
             self.engine, manifest, specs, max_inflight=self.settings.max_inflight
         )
-        return create_app(self.settings, engine=client)
+        return OneRequestId(create_app(self.settings, engine=client))
+
+
+class OneRequestId:
+    """Pure ASGI wrapper: leaves ``X-Request-ID`` on the response to Ray's proxy, which
+    always adds it (with the id it put on the request, the one the app echoes), so that a
+    response carries it once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_once(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_once)
 
 
 def build_application(

@@ -68,12 +68,14 @@ def rank_replicas(
     task: str | None,
     now: float,
     stale_after_s: float,
-    tie_s: float = 0.001,
+    tie_s: float = 0.002,
     rng: random.Random | None = None,
+    tie_ratio: float = 0.5,
 ) -> list[str] | None:
-    """Replica names, soonest predicted answer first. Predictions within ``tie_s`` of each
-    other are a tie, broken by fewer requests outstanding, then at random (an idle cluster
-    spreads its requests). Not-ready replicas go last. None when the prediction cannot be
+    """Replica names, soonest predicted answer first. A prediction within ``tie_s``, or
+    ``tie_ratio`` of the best, of the best is a tie (identical replicas' profiles differ by
+    their measuring noise), broken by fewer requests outstanding, then at random (an idle
+    cluster spreads its requests). Not-ready replicas go last. None when the prediction cannot be
     trusted (a report missing or older than ``stale_after_s``, or no task): fall back to
     power of two choices."""
     if task is None or not views:
@@ -94,7 +96,8 @@ def rank_replicas(
     ranked: list[tuple[bool, int, int, float, str]] = []
     for not_ready, predicted, outstanding, draw, name in scored:
         best = min(p for nr, p, *_ in scored if nr == not_ready)
-        bucket = 0 if predicted - best <= tie_s else 1 + int((predicted - best) / tie_s)
+        tie = max(tie_s, tie_ratio * best)
+        bucket = 0 if predicted - best <= tie else 1 + int((predicted - best) / tie)
         ranked.append((not_ready, bucket, outstanding, draw, name))
     ranked.sort()
     return [name for *_, name in ranked]

@@ -111,9 +111,11 @@ def ray_app(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         serve.run(app, name="dvn", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+        while True:  # both replicas warmed up, and the ingress ready
+            engines = serve.status().applications["dvn"].deployments["DVNEngine"]
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+                if ready and engines.replica_states.get("RUNNING") == 2:
                     break
             if time.monotonic() > deadline:
                 pytest.fail(f"the Ray app was not ready within {START_TIMEOUT_S} s")
@@ -139,6 +141,7 @@ async def test_two_replicas_answer_through_http(ray_app: RayApp, reference: Chec
         )
         for seed, response in enumerate(responses):
             assert response.status_code == 200, response.text
+            assert len(response.headers.get_list("x-request-id")) == 1
             doc = response.json()
             assert doc["level"] == 1 + seed % 4
             check_answer(reference, doc, example("digits", seed)[None])
