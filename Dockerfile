@@ -47,6 +47,11 @@ COPY clients/ clients/
 COPY bench/ bench/
 # Non-editable: the runtime stage gets the venv only, not /src.
 RUN pip install --no-cache-dir .
+# EXTRAS=ray: the image of the Ray head and workers (docker-compose's ray profile,
+# deploy/ray/rayservice.yaml), with the project's `ray` extra.
+ARG EXTRAS=""
+# hadolint ignore=DL3013  # the project itself, its extra's versions bounded in pyproject.toml
+RUN if [ -n "${EXTRAS}" ]; then pip install --no-cache-dir ".[${EXTRAS}]"; fi
 
 # ---- runtime: the venv, the demo checkpoint, a non-root user.
 FROM base AS runtime

@@ -12,6 +12,8 @@ EXAMPLES = """examples:
   dvn serve                                   # the shipped demo checkpoint on 127.0.0.1:8000
   dvn serve --checkpoint runs/mine --host 0.0.0.0 --port 8080
   DVN_MAX_BATCH_SIZE=64 DVN_API_KEYS=secret1,secret2 dvn serve --device cuda
+  dvn serve --ray --replicas 2                # Ray Serve: 2 engine replicas, a local Ray
+  dvn serve --ray --address ray://head:10001  # on a Ray cluster (docs/deploy.md)
 
 Every setting is also an environment variable with the DVN_ prefix (docs/configuration.md).
 """
@@ -44,6 +46,21 @@ def register(sub: Any) -> None:
         help="HTTP front-end processes beside the one engine process (default: half the "
         "cores on a CPU, cores - 1 on a GPU); 0: one process does everything",
     )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve on Ray Serve: one engine replica per device, many machines (docs/deploy.md)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        help="with --ray: engine replicas (default: one per local GPU, else 1)",
+    )
+    p.add_argument(
+        "--address",
+        help="with --ray: the Ray cluster to join (e.g. ray://head:10001, auto); "
+        "default: start a local Ray",
+    )
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_serve)
@@ -74,6 +91,16 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     configure_logging(settings.log_level, settings.log_json)
+    if not args.ray and (args.replicas is not None or args.address is not None):
+        SERVER.error("--replicas and --address go with --ray")
+        return 2
+    if args.ray:
+        if args.replicas is not None and args.replicas < 1:
+            SERVER.error("--replicas must be 1 or more, got %d", args.replicas)
+            return 2
+        from server.ray.launch import run
+
+        return run(settings, args.replicas, args.address)
     device = pick_device(settings.device)
     checkpoint = load(settings.checkpoint, device)  # CheckpointError: message, exit 1
     SERVER.info(

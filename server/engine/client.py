@@ -456,20 +456,7 @@ class MPClient(EngineClient):
         if self.observe_ipc is not None:
             # the round trip's time outside the engine
             self.observe_ipc(max(0.0, time.perf_counter() - sent - reply.engine_s))
-        return Answer(
-            task=entry,
-            level=reply.level,
-            units=reply.units,
-            reason=reply.reason,
-            probabilities=probs,
-            budget=budget,
-            latency_met=reply.latency_met,
-            memory_met=reply.memory_met,
-            predicted_latency_s=reply.predicted_latency_s,
-            measured_latency_s=reply.measured_latency_s,
-            queue_wait_s=reply.queue_wait_s,
-            compute_s=reply.compute_s,
-        )
+        return wire.answer_of(reply, probs, entry, budget)
 
     def cancel(self, request_id: int) -> None:
         waiting = self._waiting.get(request_id)

@@ -116,13 +116,7 @@ class EngineServer:
             error = ServeError(f"internal error in the engine ({type(e).__name__})")
             await self._reply(identity, [wire.failed(message.id, error)])
             return
-        probs = np.ascontiguousarray(answer.probabilities, dtype=np.float32)
-        header = wire.Answered(
-            message.id, answer.level, answer.units, answer.reason, answer.latency_met,
-            answer.memory_met, answer.predicted_latency_s, answer.measured_latency_s,
-            answer.queue_wait_s, answer.compute_s, time.perf_counter() - received,
-            tuple(probs.shape), "float32",
-        )  # fmt: skip
+        header, probs = wire.answered(message.id, answer, time.perf_counter() - received)
         await self._reply(identity, [wire.encode(header), probs.data])
 
     async def _call(self, identity: bytes, message: wire.Call) -> None:

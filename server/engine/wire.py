@@ -13,6 +13,9 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from model_store.manifest import TaskEntry
+from server.budget import Budget
+from server.engine.outcome import Answer
 from server.errors import BY_TYPE, ServeError
 
 
@@ -147,3 +150,35 @@ def array_from(frame: bytes | memoryview, shape: tuple[int, ...], dtype: str) ->
     if got != want:
         raise MalformedFrame(f"array frame holds {got} bytes; shape {shape} {dtype} needs {want}")
     return np.frombuffer(frame, dtype=dtype).reshape(shape)
+
+
+def answered(id: int, answer: Answer, engine_s: float) -> tuple[Answered, np.ndarray]:
+    """The reply to :class:`Infer` ``id`` and its probabilities' frame; ``engine_s``: how
+    long the engine held the request."""
+    probs = np.ascontiguousarray(answer.probabilities, dtype=np.float32)
+    header = Answered(
+        id, answer.level, answer.units, answer.reason, answer.latency_met,
+        answer.memory_met, answer.predicted_latency_s, answer.measured_latency_s,
+        answer.queue_wait_s, answer.compute_s, engine_s, tuple(probs.shape), "float32",
+    )  # fmt: skip
+    return header, probs
+
+
+def answer_of(
+    reply: Answered, probs: np.ndarray, entry: TaskEntry, budget: Budget | None
+) -> Answer:
+    """The :class:`~server.engine.outcome.Answer` an :class:`Answered` reply carries."""
+    return Answer(
+        task=entry,
+        level=reply.level,
+        units=reply.units,
+        reason=reply.reason,
+        probabilities=probs,
+        budget=budget,
+        latency_met=reply.latency_met,
+        memory_met=reply.memory_met,
+        predicted_latency_s=reply.predicted_latency_s,
+        measured_latency_s=reply.measured_latency_s,
+        queue_wait_s=reply.queue_wait_s,
+        compute_s=reply.compute_s,
+    )

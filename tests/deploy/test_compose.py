@@ -60,7 +60,24 @@ def test_docker_compose_config_validates() -> None:
 
 
 def test_services(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"dvn", "prometheus", "grafana"}
+    default = {n for n, s in compose["services"].items() if not s.get("profiles")}
+    assert default == {"dvn", "prometheus", "grafana"}
+    ray = {n for n, s in compose["services"].items() if "ray" in s.get("profiles", [])}
+    assert ray == {"ray-head", "ray-worker"}
+
+
+def test_ray_profile_runs_the_serve_config_on_a_head_and_a_worker(
+    compose: dict[str, Any],
+) -> None:
+    head, worker = compose["services"]["ray-head"], compose["services"]["ray-worker"]
+    assert head["build"]["args"]["EXTRAS"] == "ray"  # pyproject's ray extra
+    assert worker["image"] == head["image"]
+    head_command = " ".join(head["command"])
+    assert "ray start --head --port=6379" in head_command
+    mounts = _mounts(head)
+    config = mounts["deploy/ray/serve.yaml"]
+    assert f"serve run {config}" in head_command
+    assert "--address=ray-head:6379" in " ".join(worker["command"])
 
 
 def test_dvn_service_builds_the_dockerfile_and_checks_readiness(compose: dict[str, Any]) -> None:

@@ -1,0 +1,164 @@
+"""The Ray Serve application: ``DVNEngine`` replicas (one per device) behind an ingress
+deployment that serves the same FastAPI app as ``dvn serve`` (``create_app``) over a
+:class:`~server.ray.client.RayEngineClient`.
+
+Built by :func:`build_application` (``dvn serve --ray``, tests) or by :func:`build`, the
+application builder that ``serve run`` / ``serve deploy`` import
+(``import_path: server.ray.app:build`` in ``deploy/ray/serve.yaml``, its ``args`` the
+:class:`RayOptions` fields plus any ``DVN_`` setting in lower case).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from model_store.checkpoint import config_from_manifest, read_manifest
+from server.engine.runtime import ForwardWrapper
+from server.ray.client import RayEngineClient
+from server.ray.replica import DVNEngine
+from server.settings import Settings, load_settings
+
+ROUTER = "server.ray.router:BudgetRouter"
+
+
+class RayOptions(BaseModel):
+    """How the application is laid out on the cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replicas: int = Field(default=2, ge=1, description="engine replicas (the minimum, autoscaled)")
+    max_replicas: int | None = Field(
+        default=None, ge=1, description="autoscale up to this many replicas; None: fixed"
+    )
+    target_queue: float = Field(
+        default=16.0, gt=0, description="autoscaling target: requests per replica in flight"
+    )
+    num_gpus: float = Field(default=0.0, ge=0, description="per replica: 1 on GPUs")
+    num_cpus: float = Field(default=0.5, gt=0, description="per replica (fractional on CPUs)")
+    max_ongoing_requests: int = Field(default=256, ge=1, description="per replica")
+    max_queued_requests: int = Field(
+        default=1024, ge=-1, description="waiting for a replica, past which 429 server_busy"
+    )
+    stats_period_s: float = Field(default=0.1, gt=0, description="routing stats period")
+    stale_after_s: float = Field(default=1.0, gt=0, description="older stats: power of two")
+    ingress_cpus: float = Field(default=0.25, gt=0)
+
+
+def engine_deployment(
+    settings: Settings, options: RayOptions, forward_wrapper: ForwardWrapper | None = None
+) -> Application:
+    """The ``DVNEngine`` deployment, bound: its replicas, resources, router, autoscaling
+    on requests in flight per replica, and a graceful shutdown long enough to drain."""
+    scale: dict[str, Any] = {"num_replicas": options.replicas}
+    if options.max_replicas is not None and options.max_replicas > options.replicas:
+        # Scale on queue depth: requests in flight per replica (queued in its engine or
+        # computing), towards target_queue.
+        scale = {
+            "autoscaling_config": {
+                "min_replicas": options.replicas,
+                "initial_replicas": options.replicas,
+                "max_replicas": options.max_replicas,
+                "target_ongoing_requests": options.target_queue,
+            }
+        }
+    router: dict[str, Any] = {
+        "request_router_class": ROUTER,
+        "request_router_kwargs": {"stale_after_s": options.stale_after_s},
+        "request_routing_stats_period_s": options.stats_period_s,
+        "request_routing_stats_timeout_s": max(1.0, 10 * options.stats_period_s),
+    }
+    deployment: Any = serve.deployment(
+        DVNEngine,
+        name="DVNEngine",
+        **scale,
+        ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+        max_ongoing_requests=options.max_ongoing_requests,
+        max_queued_requests=options.max_queued_requests,
+        # Ray waits this long for __del__ (the drain) before it kills a stopping replica.
+        graceful_shutdown_timeout_s=settings.drain_timeout_s + 5.0,
+        health_check_period_s=2.0,
+        request_router_config=RequestRouterConfig(**router),
+    )
+    app: Application = deployment.bind(settings.model_dump_json(), forward_wrapper)
+    return app
+
+
+@serve.ingress()
+class DVNIngress:
+    """The HTTP front end: ``create_app`` over the engine replicas' handle."""
+
+    def __init__(self, engine: DeploymentHandle[Any], settings: str) -> None:
+        self.engine = engine
+        self.settings = Settings.model_validate_json(settings)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from server.http.app import create_app
+
+        manifest = read_manifest(self.settings.checkpoint)
+        specs = {s.name: s for s in config_from_manifest(manifest).tasks}
+        client = RayEngineClient(
+            self.engine, manifest, specs, max_inflight=self.settings.max_inflight
+        )
+        return OneRequestId(create_app(self.settings, engine=client))
+
+
+class OneRequestId:
+    """Pure ASGI wrapper: leaves ``X-Request-ID`` on the response to Ray's proxy, which
+    always adds it (with the id it put on the request, the one the app echoes), so that a
+    response carries it once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_once(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_once)
+
+
+def build_application(
+    settings: Settings,
+    options: RayOptions | None = None,
+    forward_wrapper: ForwardWrapper | None = None,
+) -> Application:
+    """The whole application, ready for ``serve.run``."""
+    options = options or RayOptions()
+    engine = engine_deployment(settings, options, forward_wrapper)
+    ingress: Any = serve.deployment(
+        DVNIngress,
+        name="DVNIngress",
+        ray_actor_options={"num_cpus": options.ingress_cpus},
+        max_ongoing_requests=4 * options.max_ongoing_requests,
+    )
+    app: Application = ingress.bind(engine, settings.model_dump_json())
+    return app
+
+
+def build(args: dict[str, Any]) -> Application:
+    """The application builder of ``serve run``/``serve deploy`` (``import_path:
+    server.ray.app:build``): ``args`` holds :class:`RayOptions` fields and settings
+    (``checkpoint``, ``max_batch_size``...; the ``DVN_`` environment fills the rest).
+
+    Raises:
+        SettingsError, pydantic.ValidationError: a bad setting or option, named.
+    """
+    fields = set(RayOptions.model_fields)
+    options = RayOptions(**{k: v for k, v in args.items() if k in fields})
+    settings = load_settings(**{k: v for k, v in args.items() if k not in fields})
+    return build_application(settings, options)

@@ -1,0 +1,317 @@
+"""The Ray Serve application against real Ray (one local Ray session for the module, 2
+CPUs): 2 ``DVNEngine`` replicas behind the ingress, answering the same HTTP API; the
+budget-aware router preferring the idle replica under skewed load; a replica killed under
+load (every request answered, 200 or 503). The tests run in file order: the last one kills
+a replica.
+
+Which replica ran a forward is read from a :class:`Ledger` forward wrapper: each forward
+appends its process id to a file; the one replica that claims the ``slow`` file first
+sleeps in every forward while the ``slow-on`` file exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from model_store.checkpoint import Checkpoint
+from server.engine.executor import ForwardFn
+from tests.conftest import server_settings
+from tests.server.helpers import (
+    check_answer,
+    error_of,
+    example,
+    npy_bytes,
+    parse_metrics,
+    series,
+)
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from server.ray.app import RayOptions, build_application  # noqa: E402
+
+NPY = {"content-type": "application/x-npy"}
+SLOW_S = 0.05
+START_TIMEOUT_S = 180
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """A forward wrapper (pickled to the replicas) that records who ran each forward."""
+
+    directory: str
+    all_slow: bool = False  # every replica sleeps while slow-on exists
+
+    def __call__(self, forward: ForwardFn) -> ForwardFn:
+        root = Path(self.directory)
+        pid = str(os.getpid())
+        slow = False
+        try:  # the first replica to get here is the one that can be made slow
+            fd = os.open(root / "slow", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, pid.encode())
+            os.close(fd)
+            slow = True
+        except FileExistsError:
+            slow = self.all_slow
+
+        def recorded(task: int, level: int, x: np.ndarray) -> np.ndarray:
+            with open(root / "forwards", "a") as f:
+                f.write(pid + "\n")
+            if slow and (root / "slow-on").exists():
+                time.sleep(SLOW_S)
+            return forward(task, level, x)
+
+        return recorded
+
+
+@dataclass
+class RayApp:
+    url: str
+    ledger: Path
+
+    def forwards(self) -> Counter[str]:
+        path = self.ledger / "forwards"
+        return Counter(path.read_text().split()) if path.exists() else Counter()
+
+    def slow_pid(self) -> str:
+        return (self.ledger / "slow").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def ray_app(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
+    ledger = tmp_path_factory.mktemp("ledger")
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=2.0)
+        options = RayOptions(replicas=2, num_cpus=0.5, stats_period_s=0.1)
+        app = build_application(settings, options, forward_wrapper=Ledger(str(ledger)))
+        serve.run(app, name="dvn", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:  # both replicas warmed up, and the ingress ready
+            engines = serve.status().applications["dvn"].deployments["DVNEngine"]
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+                if ready and engines.replica_states.get("RUNNING") == 2:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the Ray app was not ready within {START_TIMEOUT_S} s")
+            time.sleep(0.2)
+        yield RayApp(url, ledger)
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+
+
+async def post(client: httpx.AsyncClient, task: str, seed: int, **params: Any) -> httpx.Response:
+    return await client.post(
+        f"/infer/{task}", params=params, content=npy_bytes(example(task, seed)), headers=NPY
+    )
+
+
+async def test_two_replicas_answer_through_http(ray_app: RayApp, reference: Checkpoint) -> None:
+    before = ray_app.forwards()
+    async with httpx.AsyncClient(base_url=ray_app.url, timeout=30) as client:
+        responses = await asyncio.gather(
+            *(post(client, "digits", seed, level=1 + seed % 4) for seed in range(24))
+        )
+        for seed, response in enumerate(responses):
+            assert response.status_code == 200, response.text
+            assert len(response.headers.get_list("x-request-id")) == 1
+            doc = response.json()
+            assert doc["level"] == 1 + seed % 4
+            check_answer(reference, doc, example("digits", seed)[None])
+        budgeted = await post(client, "digits", 1, budget="1kB")
+        models = await client.get("/v1/models")
+        unknown = await client.post(
+            "/infer/nope", content=npy_bytes(example("digits", 0)), headers=NPY
+        )
+        oip = await client.get("/v2/health/ready")
+    assert error_of(budgeted) == (  # refused by a replica's engine, as on one machine
+        422,
+        "budget_unsatisfiable",
+        "memory budget 1000 B (1000 B) is below the smallest level of task 'digits': level 1 "
+        "needs 1744 B (1.7 KiB); raise the budget to at least that",
+    )
+    assert models.status_code == 200
+    assert [t["name"] for t in models.json()["tasks"]] == ["digits", "shapes"]
+    assert error_of(unknown) == (
+        404,
+        "unknown_task",
+        "unknown task 'nope'; this server serves: digits, shapes",
+    )
+    assert oip.status_code == 200
+    served = ray_app.forwards() - before
+    assert len(served) == 2, f"forwards by replica pid: {served}"  # both replicas answered
+
+
+def answered_by_replica(text: str) -> Counter[str]:
+    """dvn_requests_total{task="digits", outcome="ok"} by replica, from a /metrics page."""
+    counts: Counter[str] = Counter()
+    for labels, value in series(parse_metrics(text), "dvn_requests_total").items():
+        found = dict(labels)
+        if found.get("task") == "digits" and found.get("outcome") == "ok":
+            counts[found["replica"]] += int(value)
+    return counts
+
+
+async def test_metrics_of_every_replica_with_a_replica_label(ray_app: RayApp) -> None:
+    async with httpx.AsyncClient(base_url=ray_app.url, timeout=30) as client:
+        before = answered_by_replica((await client.get("/metrics")).text)
+        responses = await asyncio.gather(*(post(client, "digits", s, level=1) for s in range(20)))
+        assert [r.status_code for r in responses] == [200] * 20
+        page = await client.get("/metrics")
+    assert page.status_code == 200
+    after = answered_by_replica(page.text)
+    assert len(after) == 2, after  # both replicas' series, told apart by their label
+    assert sum(after.values()) - sum(before.values()) == 20  # counts sent == counts served
+    assert "dvn_engine_up 1" in page.text  # the ingress's own series follow
+
+
+async def test_router_prefers_the_idle_replica(ray_app: RayApp) -> None:
+    (ray_app.ledger / "slow-on").touch()
+    try:
+        async with httpx.AsyncClient(base_url=ray_app.url, timeout=30) as client:
+            await asyncio.sleep(0.5)  # a routing stats period or two
+            before = ray_app.forwards()
+
+            async def user(first: int) -> list[int]:
+                codes = []
+                for seed in range(first, first + 10):
+                    codes.append((await post(client, "digits", seed, level=4)).status_code)
+                return codes
+
+            codes = [
+                c
+                for batch in await asyncio.gather(*(user(i * 10) for i in range(8)))
+                for c in batch
+            ]
+    finally:
+        (ray_app.ledger / "slow-on").unlink()
+    assert codes == [200] * 80
+    served = ray_app.forwards() - before
+    slow = served[ray_app.slow_pid()]
+    fast = sum(served.values()) - slow
+    # The slow replica takes SLOW_S a forward: it gets the work it can do, the rest goes to
+    # the idle one.
+    # Measured 43-49 against 13. The power-of-two fallback alone (every report stale)
+    # measured 50-54 against 11-13: on this load queue length tells the replicas apart as
+    # well as the predicted wait does; this test shows the preference, not an advantage.
+    assert fast >= 2 * slow, f"forwards: fast replica {fast}, slow replica {slow}"
+
+
+async def test_max_queued_requests_answered_429_in_our_shape(
+    ray_app: RayApp, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # A second application: one replica taking one request at a time, one more queued.
+    settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=2.0)
+    options = RayOptions(replicas=1, num_cpus=0.25, max_ongoing_requests=1, max_queued_requests=1)
+    (tmp_path / "slow-on").touch()
+    app = build_application(settings, options, forward_wrapper=Ledger(str(tmp_path)))
+    serve.run(app, name="tight", route_prefix="/tight")
+    try:
+        async with httpx.AsyncClient(base_url=f"{ray_app.url}/tight", timeout=30) as client:
+            responses = await asyncio.gather(
+                *(post(client, "digits", seed, level=4) for seed in range(8))
+            )
+    finally:
+        serve.delete("tight")
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 429}, statuses
+    for response in responses:
+        if response.status_code == 429:
+            assert error_of(response) == (
+                429,
+                "server_busy",
+                "every engine replica's queue is full (the deployment's max_queued_requests); "
+                "retry after Retry-After",
+            )
+            assert response.headers["retry-after"] == "1"
+
+
+async def test_scale_down_under_load_drains(
+    ray_app: RayApp, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=5.0)
+    wrapper = Ledger(str(tmp_path), all_slow=True)
+    (tmp_path / "slow-on").touch()
+
+    def deploy(replicas: int) -> None:
+        options = RayOptions(replicas=replicas, num_cpus=0.25)
+        serve.run(
+            build_application(settings, options, wrapper), name="shrink", route_prefix="/shrink"
+        )
+
+    deploy(2)
+    statuses: Counter[int] = Counter()
+    try:
+        async with httpx.AsyncClient(base_url=f"{ray_app.url}/shrink", timeout=60) as client:
+
+            async def user(first: int) -> None:
+                for seed in range(first, first + 12):
+                    statuses[(await post(client, "digits", seed, level=4)).status_code] += 1
+
+            users = asyncio.gather(*(user(i * 100) for i in range(6)))
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(deploy, 1)  # one replica stops, with requests
+            await users
+        status = serve.status().applications["shrink"].deployments["DVNEngine"]
+    finally:
+        serve.delete("shrink")
+    assert statuses == Counter({200: 72}), statuses  # nothing refused or lost in the drain
+    assert status.replica_states.get("RUNNING") == 1, status.replica_states
+
+
+async def test_replica_killed_under_load_every_request_answered(ray_app: RayApp) -> None:
+    statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+    sent = 0
+    answered_before_kill = asyncio.Event()
+    async with httpx.AsyncClient(base_url=ray_app.url, timeout=60) as client:
+
+        async def user(first: int) -> None:
+            nonlocal sent
+            for seed in range(first, first + 15):
+                sent += 1
+                response = await post(client, "digits", seed, level=4)
+                statuses[response.status_code] += 1
+                if response.status_code != 200:
+                    errors[error_of(response)[1]] += 1
+                if sum(statuses.values()) >= 20:
+                    answered_before_kill.set()
+
+        async def kill() -> None:
+            await asyncio.wait_for(answered_before_kill.wait(), 60)
+            victim = ray_app.forwards().most_common(1)[0][0]
+            os.kill(int(victim), signal.SIGKILL)
+
+        await asyncio.gather(kill(), *(user(i * 100) for i in range(8)))
+    assert sent == 120
+    assert sum(statuses.values()) == sent  # none lost
+    assert set(statuses) <= {200, 503}, statuses
+    assert set(errors) <= {"engine_unavailable"}, errors
+    assert statuses[200] >= 100, statuses  # the others re-routed to the surviving replica
