@@ -7,8 +7,8 @@ sends through, so that it, not the server, is not the bottleneck.
 
 httpx's default transport (httpcore) asks sniffio which async library runs on every call
 and scans every pooled connection for expiry on every request, which costs milliseconds of
-CPU a request under many concurrent clients. h11 frames both directions but costs about
-1.5x the CPU per request of this (docs/decisions.md). This transport keeps, per origin, a
+CPU a request under many concurrent clients. h11 frames both directions but costs more CPU
+per request than this (docs/decisions.md has the figures). This transport keeps, per origin, a
 LIFO of idle keep-alive connections and a semaphore bounding connections at
 ``max_connections``; it writes each request in one ``write`` (request line, headers,
 body), and llhttp reads the response: status line, headers, Content-Length and chunked

@@ -2,10 +2,10 @@
 
 On the CPU, PyTorch runs a convolution of one example with aten's direct kernel (im2col and
 a GEMM per example, ``thnn_conv2d``) and a convolution of more than one with oneDNN. oneDNN's
-fixed cost per call (about 0.1 ms on a 2-core Xeon, most of it outside the kernel itself:
-the primitive, the weight and output reorders) is most of the time of a small convolution,
-so a batch of two used to cost a small level four times a batch of one (0.28 ms against
-1.25 ms, the demo's shapes level 1). The direct kernel's cost grows with the batch instead.
+fixed cost per call (most of it outside the kernel itself: the primitive, the weight and
+output reorders) is most of the time of a small convolution, so a batch of two used to cost
+a small level several times a batch of one (docs/decisions.md has the figures). The direct
+kernel's cost grows with the batch instead.
 
 So each convolution geometry (channels, kernel, stride, padding, input size, device threads)
 has a crossover: batches below it run the direct kernel, from it oneDNN. It is measured the

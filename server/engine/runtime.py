@@ -40,8 +40,9 @@ FINAL_GRACE_S = 2.0
 
 def release_freed_heap() -> bool:
     """Hand the heap freed so far back to the OS (glibc's ``malloc_trim``): warm-up, timing
-    each convolution's two kernels at batch sizes up to 64, frees about 20 MiB that glibc
-    would otherwise keep resident for good. False where the C library has none (not glibc)."""
+    each convolution's two kernels at batch sizes up to 64, frees memory that glibc would
+    otherwise keep resident for good (docs/decisions.md has the figure). False where the C
+    library has none (not glibc)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):

@@ -2,7 +2,7 @@
 the first request of each body type costs what later ones do.
 
 Without it the first PNG request of a fresh server paid for Pillow loading its image
-plugins (several milliseconds, more than a 5 ms budget), and the first of every other
+plugins (more than the README's 5 ms budget), and the first of every other
 kind for the code paths numpy, json and the response encoders take on first use. The
 engine warms the model (:mod:`server.engine.runtime`); this is the front end's part, run
 in every front-end process, since each has its own interpreter.
