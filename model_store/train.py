@@ -1,5 +1,5 @@
 """Training a DVN the paper's way: minimise the summed cross-entropy of every level of every
-task (DVN.md), SGD with Nesterov momentum, weight decay, warm-up then cosine learning rate,
+task (docs/method.md), SGD with Nesterov momentum, weight decay, warm-up then cosine learning rate,
 a fixed seed, a progress bar; then evaluate every (task, level) and write the checkpoint."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def task_loss(
 
 def objective(config: TrainConfig) -> str:
     """The training objective in words, for the manifest."""
-    text = "sum over tasks and levels of cross-entropy (DVN.md)"
+    text = "sum over tasks and levels of cross-entropy (docs/method.md)"
     if config.distill > 0:
         text += (
             f"; levels below the top: {1 - config.distill:g} x cross-entropy + "

@@ -41,7 +41,7 @@ def adjacency_order(num_units: int, anchor: int) -> tuple[int, ...]:
 
 
 def paper_orders(num_units: int, num_tasks: int) -> tuple[tuple[int, ...], ...]:
-    """Default unit order of every task (DVN.md, generalised to ``T != k``)."""
+    """Default unit order of every task (docs/method.md, generalised to ``T != k``)."""
     return tuple(adjacency_order(num_units, a) for a in anchor_units(num_units, num_tasks))
 
 

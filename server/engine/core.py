@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -19,7 +17,7 @@ from model_store.costs import unit_param_bytes
 from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
 from server.budget import Budget, parse_budget
-from server.engine.archive import build_archive
+from server.engine.admission import Admission, shed_for
 from server.engine.batching import Batcher
 from server.engine.executor import Executor
 from server.engine.forecast import Forecaster
@@ -30,13 +28,10 @@ from server.engine.selection import (
     OnMiss,
     Selection,
     check_level,
-    fits_latency,
-    fits_memory,
     select_level,
 )
 from server.engine.wire import Infer
 from server.errors import (
-    BacklogShed,
     BudgetUnsatisfiable,
     DeadlineExceeded,
     DeadlineUnmeetable,
@@ -49,37 +44,6 @@ from server.errors import (
 )
 from server.metrics import Metrics
 from server.settings import Settings
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What admission weighs for one task: the earliest a new request could be answered
-    now (level 1, behind every queue and the running forward) and on an idle engine."""
-
-    wait_s: float
-    floor_s: float
-
-
-def shed_for(
-    budget: Budget | None, admission: Admission, elapsed_s: float = 0.0
-) -> BacklogShed | None:
-    """The refusal of a request whose latency budget the queues ahead would make it miss
-    at every level, though an idle engine would meet it: it would only wait out its
-    deadline, and its work would slow the others. A budget even an idle engine misses is
-    not shed (it is served at level 1, or refused by ``on_miss=reject``, as docs/api.md
-    says). ``elapsed_s``: of the budget, already spent since arrival. None: admit it."""
-    if budget is None or budget.latency_s is None:
-        return None
-    left = budget.latency_s - elapsed_s
-    if not (admission.floor_s <= budget.latency_s and left < admission.wait_s):
-        return None
-    return BacklogShed(
-        f"the engine's queues put the earliest answer to this request at "
-        f"{admission.wait_s * 1e3:.1f} ms, over its latency budget of "
-        f"{budget.latency_s * 1e3:g} ms; retry after Retry-After, raise the budget, or send "
-        "to another replica",
-        retry_after_s=admission.wait_s,
-    )
 
 
 class Engine:
@@ -140,33 +104,6 @@ class Engine:
 
     def spec(self, name: str) -> TaskSpec:
         return self.checkpoint.model.config.tasks[self.task_index[name]]
-
-    def summary(self) -> dict[str, Any]:
-        """The checkpoint as ``GET /v1/models`` shows it."""
-        m = self.manifest
-        tasks = []
-        for t in m.tasks:
-            levels = []
-            for lv in t.levels:
-                row = self.profile.table.get((t.name, lv.level), {})
-                levels.append(
-                    {
-                        **lv.model_dump(exclude={"accuracy"}),
-                        "accuracy": None if lv.accuracy is None else lv.accuracy.value,
-                        "latency_ms": {str(b): round(s * 1e3, 4) for b, s in sorted(row.items())},
-                    }
-                )
-            tasks.append({**t.model_dump(exclude={"levels"}), "levels": levels})
-        return {
-            "name": m.name,
-            "version": m.version,
-            "sha256": m.weights_sha256,
-            "device": self.device,
-            "num_units": m.num_units,
-            "param_bytes": self.param_bytes,
-            "unit_param_bytes": {str(u): n for u, n in self.unit_bytes.items()},
-            "tasks": tasks,
-        }
 
     # -- prediction and selection --------------------------------------------------------
     def select(
@@ -408,93 +345,6 @@ class Engine:
             queue_wait_s=result.queue_wait_s,
             compute_s=result.compute_s,
         )
-
-    # -- dry runs and exports ------------------------------------------------------------
-    async def archive(self, task: str, level: int) -> bytes:
-        """One level as a standalone checkpoint archive (built once, then cached).
-
-        Raises:
-            UnknownTask, InvalidParameter: no such task or level.
-        """
-        entry = self.task(task)
-        check_level(entry, level)
-        key = (entry.name, level)
-        data = self.archives.get(key)
-        if data is None:
-            data = await asyncio.to_thread(build_archive, self.checkpoint, entry.name, level)
-            self.archives[key] = data
-        return data
-
-    def plan(
-        self, task: str, budget_spec: str | None, on_miss: OnMiss, examples: int
-    ) -> dict[str, Any]:
-        """``GET /plan/{task}``: the level a request would get now, and every level's cost."""
-        entry = self.task(task)
-        parsed = parse_budget(budget_spec)
-        options = self.forecast.options(entry, examples, parsed)
-        chosen: dict[str, Any] = {
-            "level": None,
-            "selection": None,
-            "budget_met": None,
-            "error": None,
-        }
-        try:
-            sel = select_level(entry.name, options, parsed, on_miss=on_miss)
-            met = None
-            if parsed is not None:
-                option = next(o for o in options if o.level == sel.level)
-                met = fits_memory(option, parsed) and fits_latency(option, parsed)
-            chosen = {"level": sel.level, "selection": sel.reason, "budget_met": met, "error": None}
-        except ServeError as e:
-            chosen["error"] = e.body()["error"]
-        levels = []
-        state = self.forecast.queue_state()
-        for lv, option in zip(entry.levels, options, strict=True):
-            # What runs before this level's forward: the running batch and every backlog.
-            wait_s = predict_latency(
-                self.profile, state, (entry.name, lv.level), 0, self.settings.max_batch_size
-            )
-            levels.append(
-                {
-                    "level": lv.level,
-                    "units": lv.units,
-                    "params": lv.params,
-                    "param_bytes": lv.param_bytes,
-                    "flops": lv.flops,
-                    "accuracy": None if lv.accuracy is None else lv.accuracy.value,
-                    "predicted_latency_ms": round(option.predicted_latency_s * 1e3, 3),
-                    "queue_wait_ms": round(wait_s * 1e3, 3),
-                    "queue_depth": self.batcher.depth((entry.name, lv.level)),
-                    "fits_memory": fits_memory(option, parsed),
-                    "fits_latency": fits_latency(option, parsed),
-                }
-            )
-        return {
-            "task": entry.name,
-            "budget": None if parsed is None else parsed.to_dict(),
-            **chosen,
-            "levels": levels,
-        }
-
-    def export_level(self, task: str, budget_spec: str | None) -> int:
-        """The largest level of ``task`` whose parameters fit a memory budget.
-
-        Raises:
-            InvalidParameter: no budget, or not a memory budget alone.
-            BudgetUnsatisfiable: below the smallest level.
-        """
-        entry = self.task(task)
-        parsed = parse_budget(budget_spec)
-        if parsed is None or parsed.memory_bytes is None or parsed.latency_s is not None:
-            raise InvalidParameter(
-                "export takes a memory budget only, e.g. ?budget=2MiB (or use "
-                f"/v1/models/{task}/levels/{{level}}/export)"
-            )
-        options = self.forecast.options(entry, 1)
-        by_memory = [o for o in options if fits_memory(o, parsed)]
-        if not by_memory:
-            select_level(entry.name, options, parsed)  # raises BudgetUnsatisfiable
-        return max(o.level for o in by_memory)
 
     # -- accounting --------------------------------------------------------------------
     def account(

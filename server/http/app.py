@@ -268,7 +268,7 @@ def create_app(
     """Build a front end. Without ``engine``, the engine runs in this process
     (:class:`~server.engine.client.InprocClient`): the checkpoint loads in the lifespan
     (unless given, already loaded), warm-up runs in the background and ``/readyz`` turns
-    200 when it is done. With ``engine`` (an :class:`~server.engine.client.MPClient`), the
+    200 when it is done. With ``engine`` (an :class:`~server.engine.mp_client.MPClient`), the
     engine is another process.
 
     ``forward_wrapper`` wraps the in-process engine's forward (tests inject faults with it);

@@ -1,6 +1,6 @@
 """One front-end process: uvicorn on the listening socket that ``dvn serve`` bound and
 shares between its front ends, talking to the engine process through an
-:class:`~server.engine.client.MPClient`. On SIGTERM it drains (new requests 503, every
+:class:`~server.engine.mp_client.MPClient`. On SIGTERM it drains (new requests 503, every
 accepted one answered) and exits 0.
 
 Run by ``dvn serve`` (``server.launcher``)::
@@ -18,7 +18,7 @@ import sys
 import uvicorn
 
 from model_store.checkpoint import config_from_manifest, read_manifest
-from server.engine.client import MPClient
+from server.engine.mp_client import MPClient
 from server.engine.runtime import FINAL_GRACE_S
 from server.http.app import create_app, drain_frontend
 from server.http.serving import DrainingServer

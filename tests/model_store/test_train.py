@@ -291,10 +291,10 @@ def test_fit_with_distillation_reduces_the_summed_loss() -> None:
 @pytest.mark.parametrize(
     ("config", "text"),
     [
-        (TrainConfig(), "sum over tasks and levels of cross-entropy (DVN.md)"),
+        (TrainConfig(), "sum over tasks and levels of cross-entropy (docs/method.md)"),
         (
             TrainConfig(distill=0.5, distill_temperature=4, level_weights=[1, 1, 1, 2]),
-            "sum over tasks and levels of cross-entropy (DVN.md); levels below the top: 0.5 x "
+            "sum over tasks and levels of cross-entropy (docs/method.md); levels below the top: 0.5 x "
             "cross-entropy + 0.5 x T^2 KL from the top level's detached predictions (in-place "
             "distillation, T = 4); level weights [1.0, 1.0, 1.0, 2.0]",
         ),

@@ -1,4 +1,4 @@
-"""Admission (``server.engine.core.shed_for``): a latency budget the queues would make late
+"""Admission (``server.engine.admission.shed_for``): a latency budget the queues would make late
 at every level is refused at once, one that an idle engine would miss anyway is not."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server.budget import parse_budget
-from server.engine.core import Admission, shed_for
+from server.engine.admission import Admission, shed_for
 from server.errors import BacklogShed, ServerBusy
 
 

@@ -19,7 +19,7 @@ import zmq.asyncio
 from model_store.checkpoint import Checkpoint
 from server.budget import parse_budget
 from server.engine import wire
-from server.engine.client import MPClient
+from server.engine.mp_client import MPClient
 from server.engine.outcome import ClientDisconnected
 from server.engine.process import EngineServer
 from server.engine.runtime import Runtime
