@@ -103,6 +103,9 @@ def write_comparison(
     ``baseline.json``, ``baseline.md`` and ``baseline.png`` into ``out_dir`` and return
     the markdown file's path.
 
+    A level without a row (its separate network not trained yet) is reported as not
+    measured.
+
     Raises:
         ValueError: a row's size differs from the checkpoint's level (another architecture).
     """
@@ -112,8 +115,8 @@ def write_comparison(
     rows: list[dict[str, Any]] = []
     for task in manifest.tasks:
         for lv in task.levels:
-            row = by_key[(task.name, lv.level)]
-            if row["params"] != lv.params:
+            row = by_key.get((task.name, lv.level))
+            if row is not None and row["params"] != lv.params:
                 raise ValueError(
                     f"separate network for {task.name} level {lv.level} has {row['params']:,} "
                     f"params, the checkpoint's level {lv.params:,}: trained for another "
@@ -125,7 +128,7 @@ def write_comparison(
                     "level": lv.level,
                     "params": lv.params,
                     "dvn_accuracy": None if lv.accuracy is None else lv.accuracy.value,
-                    "separate_accuracy": row["separate_accuracy"],
+                    "separate_accuracy": None if row is None else row["separate_accuracy"],
                 }
             )
     dvn_total = (ckpt / "weights.safetensors").stat().st_size
@@ -155,11 +158,12 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         dvn = r["dvn_accuracy"]
-        diff = "" if dvn is None else f"{(dvn - r['separate_accuracy']) * 100:+.1f} pt"
+        sep = r["separate_accuracy"]
+        diff = "" if dvn is None or sep is None else f"{(dvn - sep) * 100:+.1f} pt"
+        sep_s = "not measured" if sep is None else f"{sep:.4f}"
         dvn_s = "-" if dvn is None else f"{dvn:.4f}"
         lines.append(
-            f"| {r['task']} | {r['level']} | {r['params']:,} | {dvn_s} | "
-            f"{r['separate_accuracy']:.4f} | {diff} |"
+            f"| {r['task']} | {r['level']} | {r['params']:,} | {dvn_s} | {sep_s} | {diff} |"
         )
     lines += [
         "",
@@ -183,7 +187,13 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, task in zip(axes[0], tasks, strict=True):
         mine = [r for r in rows if r["task"] == task]
         params = [r["params"] for r in mine]
-        ax.plot(params, [r["separate_accuracy"] for r in mine], "s--", label="separate networks")
+        measured = [r for r in mine if r["separate_accuracy"] is not None]
+        ax.plot(
+            [r["params"] for r in measured],
+            [r["separate_accuracy"] for r in measured],
+            "s--",
+            label="separate networks",
+        )
         if all(r["dvn_accuracy"] is not None for r in mine):
             ax.plot(params, [r["dvn_accuracy"] for r in mine], "o-", label="DVN levels")
         ax.set_xscale("log")

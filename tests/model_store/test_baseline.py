@@ -88,3 +88,16 @@ def test_train_separate_of_some_tasks_reports_each_row() -> None:
     assert seen == rows
     assert [(r["task"], r["level"]) for r in rows] == [("shapes", level) for level in (1, 2, 3, 4)]
     assert all(0.0 <= float(str(r["separate_accuracy"])) <= 1.0 for r in rows)
+
+
+def test_write_comparison_reports_levels_without_a_separate_network(
+    trained_checkpoint: Path, tmp_path: Path
+) -> None:
+    manifest = read_manifest(trained_checkpoint)
+    first = manifest.tasks[0].levels[0]
+    separate = [{"task": "digits", "level": 1, "params": first.params, "separate_accuracy": 0.5}]
+    md = write_comparison(trained_checkpoint, separate, tmp_path)
+    rows = json.loads((tmp_path / "baseline.json").read_text())["rows"]
+    assert [r["separate_accuracy"] for r in rows] == [0.5] + [None] * 7
+    assert f"| shapes | 4 | {manifest.tasks[1].levels[3].params:,} | " in md.read_text()
+    assert md.read_text().count("| not measured |  |") == 7
