@@ -71,6 +71,7 @@ class MPClient(EngineClient):
         self._status = EngineStatus(up=False)
         self._refused: Counter[tuple[str, str, str | None, bool]] = Counter()
         self._admissions: dict[str, Admission] = {}  # the engine's, as of its last status
+        self._admissions_at = 0.0  # when that status was received
         self._tasks: list[asyncio.Task[None]] = []
         self._ctx: zmq.asyncio.Context | None = None
         self._socket: zmq.asyncio.Socket | None = None
@@ -153,6 +154,7 @@ class MPClient(EngineClient):
                     task: Admission(wait, floor)
                     for task, (wait, floor) in value["admissions"].items()
                 }
+                self._admissions_at = time.perf_counter()
                 self._status = EngineStatus(
                     True, value["ready"], value["loaded"], value["draining"], value["failed"]
                 )
@@ -282,7 +284,14 @@ class MPClient(EngineClient):
         # From the last status (at most status_interval_s old): cheap, and the engine
         # checks again when the request arrives.
         admission = self._admissions.get(task)
-        refusal = None if admission is None else shed_for(budget, admission, elapsed_s)
+        if admission is None:
+            return
+        # The engine has worked through the queues since: an old report's wait, less its
+        # age (never below an idle engine's), so a stale report does not refuse a request
+        # an engine that has caught up would answer in time.
+        age = time.perf_counter() - self._admissions_at
+        fresh = Admission(max(admission.floor_s, admission.wait_s - age), admission.floor_s)
+        refusal = shed_for(budget, fresh, elapsed_s)
         if refusal is not None:
             raise refusal
 
