@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# dvn-serve image: one process, one device, the shipped demo checkpoint.
+# dvn-serve image: one engine per device and its front ends, serving the shipped
+# standard checkpoint (the demo one beside it for quick runs).
 #
 # CPU (default):
 #   docker build -t dvn-serve:cpu .
@@ -53,15 +54,15 @@ ARG EXTRAS=""
 # hadolint ignore=DL3013  # the project itself, its extra's versions bounded in pyproject.toml
 RUN if [ -n "${EXTRAS}" ]; then pip install --no-cache-dir ".[${EXTRAS}]"; fi
 
-# ---- runtime: the venv, the demo checkpoint, a non-root user.
+# ---- runtime: the venv, the shipped checkpoints, a non-root user.
 FROM base AS runtime
 RUN groupadd --gid 10001 dvn \
     && useradd --no-log-init --create-home --uid 10001 --gid 10001 dvn
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # The package data in the venv carries the checkpoint too; this copy keeps
-# `dvn serve` working when it resolves model_store/checkpoints/demo from the
-# working directory, and gives operators a known path for --checkpoint.
+# the shipped checkpoints at a known path for --checkpoint.
+COPY --chown=10001:10001 model_store/checkpoints/standard /app/model_store/checkpoints/standard
 COPY --chown=10001:10001 model_store/checkpoints/demo /app/model_store/checkpoints/demo
 ENV PATH=/opt/venv/bin:$PATH
 USER 10001:10001

@@ -1,7 +1,7 @@
 """Write the README's example request bodies from scikit-learn's held-out digits: for the
-demo checkpoint (1x8x8, what ``make serve`` serves) ``digit.json``, ``digit.npy`` and
-``digits-batch.npy``; for the standard checkpoint (3x32x32 RGB) the same under
-``standard/``; and one PNG image, which either checkpoint preprocesses as its manifest says.
+standard checkpoint (3x32x32 RGB, what ``make serve`` serves) ``digit.json``, ``digit.npy``
+and ``digits-batch.npy``; for the demo checkpoint (1x8x8) the same under ``demo/``; and one
+PNG image, which either checkpoint preprocesses as its manifest says.
 
     .venv/bin/python examples/make_examples.py
 """
@@ -30,8 +30,8 @@ def write(folder: Path, x: np.ndarray) -> None:
 def main() -> None:
     demo = builtin_task("digits", seed=0)
     standard = builtin_task("digits", seed=0, size=32, color_mode="RGB")
-    write(HERE, demo.x_test[:4])  # (4, 1, 8, 8)
-    write(HERE / "standard", standard.x_test[:4])  # (4, 3, 32, 32)
+    write(HERE, standard.x_test[:4])  # (4, 3, 32, 32)
+    write(HERE / "demo", demo.x_test[:4])  # (4, 1, 8, 8)
     x, y = demo.x_test[:4], demo.y_test[:4]
     prep = demo.spec.preprocessing
     pixels = (x[0, 0] * prep.std[0] + prep.mean[0]).clip(0, 1)  # back to [0, 1]
@@ -39,7 +39,7 @@ def main() -> None:
         (32, 32), Image.NEAREST
     ).save(HERE / "digit.png")
     assert (standard.y_test[:4] == y).all()  # the same held-out digits
-    print(f"wrote digit.json/.npy/.png, digits-batch.npy and standard/ (labels {y.tolist()})")
+    print(f"wrote digit.json/.npy/.png, digits-batch.npy and demo/ (labels {y.tolist()})")
 
 
 if __name__ == "__main__":

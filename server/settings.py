@@ -11,11 +11,22 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-def demo_checkpoint() -> Path:
-    """The demo checkpoint shipped inside the model_store package."""
+def shipped_checkpoint(name: str) -> Path:
+    """A checkpoint shipped inside the model_store package: ``standard`` (the default
+    served) or ``demo`` (small and fast: tests and quick runs)."""
     import model_store
 
-    return Path(model_store.__file__).resolve().parent / "checkpoints" / "demo"
+    return Path(model_store.__file__).resolve().parent / "checkpoints" / name
+
+
+def standard_checkpoint() -> Path:
+    """The checkpoint ``dvn serve`` serves by default (docs/training.md)."""
+    return shipped_checkpoint("standard")
+
+
+def demo_checkpoint() -> Path:
+    """The small demo checkpoint: tests, benchmarks' default, quick runs."""
+    return shipped_checkpoint("demo")
 
 
 class SettingsError(ValueError):
@@ -25,7 +36,9 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DVN_", extra="forbid", frozen=True)
 
-    checkpoint: Path = Field(default_factory=demo_checkpoint, description="checkpoint directory")
+    checkpoint: Path = Field(
+        default_factory=standard_checkpoint, description="checkpoint directory"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")

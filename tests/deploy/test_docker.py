@@ -110,10 +110,11 @@ def test_healthcheck_probes_readyz(runtime: Stage) -> None:
     assert "urllib.request" in healthcheck, "slim images have no curl"
 
 
-def test_runtime_copies_demo_checkpoint_and_venv(runtime: Stage) -> None:
+@pytest.mark.parametrize("name", ["standard", "demo"])
+def test_runtime_copies_shipped_checkpoints_and_venv(runtime: Stage, name: str) -> None:
     copies = runtime.args("COPY")
-    assert any(shlex.split(c)[-2] == "model_store/checkpoints/demo" for c in copies), (
-        f"no COPY of model_store/checkpoints/demo in {copies}"
+    assert any(shlex.split(c)[-2] == f"model_store/checkpoints/{name}" for c in copies), (
+        f"no COPY of model_store/checkpoints/{name} in {copies}"
     )
     assert any(c.startswith("--from=builder") and "/opt/venv" in c for c in copies)
 
@@ -158,7 +159,7 @@ def _copied_sources(stages: list[Stage]) -> list[str]:
 
 def test_copied_sources_exist(stages: list[Stage]) -> None:
     sources = _copied_sources(stages)
-    assert "model_store/checkpoints/demo" in sources
+    assert {"model_store/checkpoints/standard", "model_store/checkpoints/demo"} <= set(sources)
     missing = [s for s in sources if not (REPO_ROOT / s).exists()]
     assert not missing, f"the Dockerfile copies files the repository lacks: {missing}"
 
@@ -179,6 +180,7 @@ def test_copied_sources_are_not_dockerignored(stages: list[Stage]) -> None:
         ("model_store/checkpoints/scratch/weights.safetensors", True),
         ("model_store/checkpoints/demo/weights.safetensors", False),
         ("model_store/checkpoints/demo/manifest.json", False),
+        ("model_store/checkpoints/standard/weights.safetensors", False),
         ("server/app.py", False),
         ("pyproject.toml", False),
     ],

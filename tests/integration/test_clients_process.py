@@ -240,10 +240,10 @@ def expected_probs(task: str, level: int, x: np.ndarray) -> np.ndarray:
 
 
 def test_dvn_infer_prints_json(server: ServerProcess) -> None:
-    done = dvn("infer", server.url, "digits", "examples/digit.npy", "--json")
+    done = dvn("infer", server.url, "digits", "examples/demo/digit.npy", "--json")
     assert done.returncode == 0, done.stderr
     (doc,) = json.loads(done.stdout)
-    assert doc["file"] == "examples/digit.npy"
+    assert doc["file"] == "examples/demo/digit.npy"
     assert (doc["task"], doc["level"], doc["units"], doc["selection"]) == (
         "digits",
         4,
@@ -252,7 +252,7 @@ def test_dvn_infer_prints_json(server: ServerProcess) -> None:
     )
     assert doc["budget"] is None
     assert doc["model"]["name"] == "demo"
-    x = np.load(ROOT / "examples" / "digit.npy")[None]
+    x = np.load(ROOT / "examples" / "demo" / "digit.npy")[None]
     want = expected_probs("digits", 4, x)[0]
     (pred,) = doc["predictions"]
     assert pred["class_index"] == int(want.argmax())
@@ -262,7 +262,7 @@ def test_dvn_infer_prints_json(server: ServerProcess) -> None:
 
 
 def test_dvn_infer_unknown_task_exits_1(server: ServerProcess) -> None:
-    done = dvn("infer", server.url, "nope", "examples/digit.npy")
+    done = dvn("infer", server.url, "nope", "examples/demo/digit.npy")
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.startswith("dvn infer: error: ")

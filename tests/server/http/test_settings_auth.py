@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from server.engine.runtime import default_torch_threads
-from server.settings import Settings, SettingsError, demo_checkpoint, load_settings
+from server.settings import Settings, SettingsError, load_settings, standard_checkpoint
 from tests.conftest import AppClient, ServeFactory
 from tests.server.helpers import error_of, example
 
@@ -36,7 +36,7 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
         "127.0.0.1",
         8000,
         "auto",
-        demo_checkpoint(),
+        standard_checkpoint(),
     )
     assert (s.max_batch_size, s.max_batch_delay_ms, s.max_queue_size) == (32, 2.0, 256)
     assert (s.max_request_batch, s.max_body_bytes, s.max_image_pixels) == (64, 8 * 1024 * 1024, 16_000_000)  # fmt: skip
