@@ -1,4 +1,4 @@
-# The two commands: `make serve` (server on the demo checkpoint) and `make test` (whole suite).
+# The two commands: `make serve` (server on the standard checkpoint) and `make test` (whole suite).
 # Each sets up .venv on first use.
 .PHONY: serve test setup demo lint
 

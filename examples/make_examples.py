@@ -32,13 +32,12 @@ def main() -> None:
     standard = builtin_task("digits", seed=0, size=32, color_mode="RGB")
     write(HERE, standard.x_test[:4])  # (4, 3, 32, 32)
     write(HERE / "demo", demo.x_test[:4])  # (4, 1, 8, 8)
-    x, y = demo.x_test[:4], demo.y_test[:4]
-    prep = demo.spec.preprocessing
+    x, y = standard.x_test[:4], standard.y_test[:4]
+    prep = standard.spec.preprocessing
     pixels = (x[0, 0] * prep.std[0] + prep.mean[0]).clip(0, 1)  # back to [0, 1]
-    Image.fromarray((pixels * 255).round().astype(np.uint8), "L").resize(
-        (32, 32), Image.NEAREST
-    ).save(HERE / "digit.png")
-    assert (standard.y_test[:4] == y).all()  # the same held-out digits
+    # The standard checkpoint's own 32x32 input as a grey PNG: the demo resizes it to 8x8.
+    Image.fromarray((pixels * 255).round().astype(np.uint8), "L").save(HERE / "digit.png")
+    assert (demo.y_test[:4] == y).all()  # the same held-out digits
     print(f"wrote digit.json/.npy/.png, digits-batch.npy and demo/ (labels {y.tolist()})")
 
 

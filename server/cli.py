@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 EXAMPLES = """examples:
-  dvn serve                                   # the shipped demo checkpoint on 127.0.0.1:8000
+  dvn serve                                   # the shipped standard checkpoint on 127.0.0.1:8000
   dvn serve --checkpoint runs/mine --host 0.0.0.0 --port 8080
   DVN_MAX_BATCH_SIZE=64 DVN_API_KEYS=secret1,secret2 dvn serve --device cuda
   dvn serve --ray --replicas 2                # Ray Serve: 2 engine replicas, a local Ray
@@ -27,7 +27,9 @@ def register(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    p.add_argument(
+        "--checkpoint", help="checkpoint directory (default: the shipped standard checkpoint)"
+    )
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
