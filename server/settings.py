@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         ge=1,
         description="inference requests handled at once; past it 429 before the body is read",
     )
+    concurrency_limit: Literal["fixed", "gradient2"] = Field(
+        default="fixed",
+        description="each front end's bound on requests in flight: fixed is max_inflight; "
+        "gradient2 adapts it to the latency achieved, at most max_inflight (docs/decisions.md)",
+    )
     max_request_batch: int = Field(default=64, ge=1, description="examples in one request")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=16_000_000, ge=1)

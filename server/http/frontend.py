@@ -13,6 +13,7 @@ from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
 from server.engine.client import EngineClient
 from server.errors import NotReady, UnknownTask, shutting_down, too_many_inflight
+from server.http.limit import Gradient2
 from server.settings import Settings
 
 IPC_BUCKETS = (
@@ -57,9 +58,12 @@ class FrontEnd:
     metrics: FrontEndMetrics = field(default_factory=FrontEndMetrics)
     inflight: int = 0
     draining: bool = False
+    limiter: Gradient2 | None = None
 
     def __post_init__(self) -> None:
         self.client.observe_ipc = self.metrics.ipc.observe
+        if self.settings.concurrency_limit == "gradient2":
+            self.limiter = Gradient2(max_limit=self.settings.max_inflight)
 
     def check_ready(self, probe: bool = False) -> None:
         """Raises the 503 an inference request (``probe``: ``/readyz``) gets now, if any."""
@@ -72,6 +76,14 @@ class FrontEnd:
         if self.inflight >= limit:
             # Before the body is read: a request past the bound costs no memory for it.
             raise too_many_inflight(self.inflight, limit)
+        if self.limiter is not None and not self.limiter.allows(self.inflight):
+            raise self.limiter.refusal(self.inflight)
+
+    def answered(self, latency_s: float, inflight: int) -> None:
+        """An inference request answered (or timed out) after ``latency_s``, with
+        ``inflight`` requests in flight when it began: the adaptive limit's sample."""
+        if self.limiter is not None:
+            self.limiter.sample(latency_s, inflight)
 
     def task(self, name: str) -> TaskEntry:
         """Raises UnknownTask (404), naming the tasks served; NotReady before the checkpoint's

@@ -19,7 +19,7 @@ from model_store.manifest import TaskEntry
 from server.budget import Budget
 from server.engine import wire
 from server.engine.outcome import Answer, ClientDisconnected
-from server.errors import PayloadTooLarge, ServeError
+from server.errors import DeadlineExceeded, PayloadTooLarge, ServeError
 from server.http.frontend import FrontEnd
 
 
@@ -97,10 +97,16 @@ async def infer(request: Request, task: str, read: Reader) -> Answer:
         fe.client.refused(task, e)
         log.update(outcome=e.type)
         raise
+    began_with = fe.inflight
     try:
-        return await _infer(request, fe, task, read, arrival, log)
+        answer = await _infer(request, fe, task, read, arrival, log)
+    except DeadlineExceeded:
+        fe.answered(time.perf_counter() - arrival, began_with)  # late: the limit must learn
+        raise
     finally:
         fe.inflight -= 1
+    fe.answered(time.perf_counter() - arrival, began_with)
+    return answer
 
 
 async def _infer(
