@@ -1,7 +1,8 @@
-"""What serving a DVN costs in memory: the resident set (psutil RSS) of a real ``dvn serve``
-process after warm-up (every level profiled) and after a short closed-loop load over every
-task, next to baselines measured the same way (a process of its own, RSS read from outside
-once it says it is ready):
+"""What serving a DVN costs in memory: the resident set (psutil RSS) of each process of a
+real ``dvn serve`` (the engine, which holds the weights; the HTTP front ends; the
+supervisor) after warm-up (every level profiled) and after a short closed-loop load over
+every task, next to baselines measured the same way (a process of its own, RSS read from
+outside once it says it is ready):
 
 - bare torch: imports torch and numpy, loads nothing;
 - torch + model: the checkpoint loaded and every level run at batch 1 to 32, no server (the
@@ -12,7 +13,7 @@ once it says it is ready):
 Beside them: the checkpoint's weight bytes and what separate networks for every (task,
 level) would hold (the sum of every level's ``param_bytes``).
 
-Goal: (server − bare torch) / checkpoint weight bytes ≤ 1.2x.
+Goal: (engine − bare torch) / checkpoint weight bytes ≤ 1.2x.
 """
 
 from __future__ import annotations
@@ -80,6 +81,35 @@ def peak_rss(pid: int) -> int | None:
     return None
 
 
+def tree_rss(pid: int) -> dict[str, list[int]]:
+    """RSS of ``dvn serve``'s process tree by role: ``engine`` (the process holding the
+    weights: ``server.engine.process``, or the one process of ``--workers 0``),
+    ``frontend`` (``server.http.worker``) and ``supervisor``."""
+    root = psutil.Process(pid)
+    roles: dict[str, list[int]] = {"engine": [], "frontend": [], "supervisor": []}
+    for proc in [root, *root.children(recursive=True)]:
+        command = " ".join(proc.cmdline())
+        role = (
+            "engine"
+            if "server.engine.process" in command
+            else "frontend"
+            if "server.http.worker" in command
+            else "supervisor"
+        )
+        roles[role].append(int(proc.memory_info().rss))
+    if not roles["engine"]:  # one process does everything
+        roles["engine"], roles["supervisor"] = roles["supervisor"], []
+    return roles
+
+
+def engine_pid(pid: int) -> int:
+    root = psutil.Process(pid)
+    for proc in root.children(recursive=True):
+        if "server.engine.process" in " ".join(proc.cmdline()):
+            return int(proc.pid)
+    return pid
+
+
 @contextlib.contextmanager
 def baseline(code: str, *args: str, log: Path) -> Iterator[subprocess.Popen[str]]:
     """``python -c code *args`` in its own session until the block ends."""
@@ -138,13 +168,12 @@ def run_memory(
         wait_printed_ready(model, logs["model"])
         wait_for(ServerProcess(web, f"http://127.0.0.1:{port}", logs["web"]), "/readyz", 120)
         time.sleep(settle)
-        torch_rss, model_rss, web_rss, warm = (
-            rss(p.pid) for p in (bare, model, web, server.process)
-        )
+        torch_rss, model_rss, web_rss = (rss(p.pid) for p in (bare, model, web))
+        warm = tree_rss(server.process.pid)
         progress(f"memory: bare torch process {torch_rss / MiB:.1f} MiB")
         progress(f"memory: torch + model (every level run, no server) {model_rss / MiB:.1f} MiB")
         progress(f"memory: bare web-stack process {web_rss / MiB:.1f} MiB")
-        progress(f"memory: dvn serve after warm-up {warm / MiB:.1f} MiB")
+        progress(f"memory: dvn serve's engine after warm-up {warm['engine'][0] / MiB:.1f} MiB")
         report = run_loadtest(
             LoadTestConfig(
                 url=server.url,
@@ -156,10 +185,11 @@ def run_memory(
             )
         )
         time.sleep(settle)
-        loaded = rss(server.process.pid)
-        peak = peak_rss(server.process.pid)
+        loaded = tree_rss(server.process.pid)
+        peak = peak_rss(engine_pid(server.process.pid))
         progress(
-            f"memory: dvn serve after {report.ok} requests {loaded / MiB:.1f} MiB"
+            f"memory: dvn serve's engine after {report.ok} requests "
+            f"{loaded['engine'][0] / MiB:.1f} MiB"
             f" (peak {'-' if peak is None else f'{peak / MiB:.1f}'} MiB)"
         )
     data: dict[str, Any] = {
@@ -169,14 +199,17 @@ def run_memory(
         "bare_torch_rss": torch_rss,
         "torch_model_rss": model_rss,
         "bare_web_rss": web_rss,
-        "server_rss_warm": warm,
-        "server_rss_loaded": loaded,
+        "server_rss_warm": warm["engine"][0],  # the engine: the process holding the weights
+        "server_rss_loaded": loaded["engine"][0],
         "server_rss_peak": peak,
+        "frontend_rss_loaded": loaded["frontend"],
+        "supervisor_rss_loaded": loaded["supervisor"],
         "load": {"clients": clients, "duration_s": duration, "requests_ok": report.ok},
     }
-    data["ratio_vs_torch"] = round((loaded - torch_rss) / weights, 2)
-    data["ratio_vs_torch_warm"] = round((warm - torch_rss) / weights, 2)
-    data["ratio_vs_web"] = round((loaded - web_rss) / weights, 2)
+    engine = data["server_rss_loaded"]
+    data["ratio_vs_torch"] = round((engine - torch_rss) / weights, 2)
+    data["ratio_vs_torch_warm"] = round((data["server_rss_warm"] - torch_rss) / weights, 2)
+    data["ratio_vs_model"] = round((engine - model_rss) / weights, 2)
     data["separate_vs_weights"] = round(separate / weights, 2)
     data["goal_met"] = data["ratio_vs_torch"] <= GOAL_RATIO
     md = write_report(out, "memory", data, _markdown(data))
@@ -188,9 +221,9 @@ def goals(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The memory goal as a row of the summary table."""
     return [
         {
-            "goal": f"(server RSS − bare torch RSS) / checkpoint bytes ≤ {GOAL_RATIO}x",
-            "measured": f"{data['ratio_vs_torch']}x (model's own share over the web stack: "
-            f"{data['ratio_vs_web']}x)",
+            "goal": f"(engine RSS − bare torch RSS) / checkpoint bytes ≤ {GOAL_RATIO}x",
+            "measured": f"{data['ratio_vs_torch']}x (over torch + model with no server: "
+            f"{data['ratio_vs_model']}x)",
             "met": bool(data["goal_met"]),
         }
     ]
@@ -202,48 +235,52 @@ def _mib(n: int | None) -> str:
 
 def _markdown(d: dict[str, Any]) -> str:
     w = d["weights_bytes"]
+    engine, torch_rss, model_rss = d["server_rss_loaded"], d["bare_torch_rss"], d["torch_model_rss"]
+    fronts = d["frontend_rss_loaded"]
+    front = sum(fronts) // len(fronts) if fronts else None
     lines = [
-        "## Memory: one process, every task and level",
+        "## Memory: the engine, the front ends, every task and level",
         "",
         f"{machine_line()} Checkpoint `{d['checkpoint']}`. Resident set size (psutil RSS) of "
         "each process, read from outside once it is ready and has idled a second; the "
         f"load is {d['load']['clients']} closed-loop clients over every task for "
-        f"{d['load']['duration_s']} s ({d['load']['requests_ok']} requests).",
+        f"{d['load']['duration_s']} s ({d['load']['requests_ok']} requests). `dvn serve` is "
+        f"a supervisor, one engine (the weights, queues, forwards) and {len(fronts)} HTTP "
+        "front end(s); the goal weighs the engine.",
         "",
         "| what | MiB | × checkpoint weights |",
         "|---|---:|---:|",
         f"| checkpoint weights (`{WEIGHTS}`) | {_mib(w)} | 1.00 |",
         f"| separate networks for every (task, level) (Σ param_bytes) | "
         f"{_mib(d['separate_networks_bytes'])} | {d['separate_vs_weights']:.2f} |",
-        f"| bare torch process (torch + numpy, nothing loaded) | {_mib(d['bare_torch_rss'])} | |",
+        f"| bare torch process (torch + numpy, nothing loaded) | {_mib(torch_rss)} | |",
         f"| torch + model, no server (checkpoint loaded, every level run at batch 1 to 32) | "
-        f"{_mib(d['torch_model_rss'])} | |",
+        f"{_mib(model_rss)} | |",
         f"| bare web stack (server package imported, empty FastAPI app on uvicorn) | "
         f"{_mib(d['bare_web_rss'])} | |",
-        f"| `dvn serve` after warm-up | {_mib(d['server_rss_warm'])} | |",
-        f"| `dvn serve` after the load | {_mib(d['server_rss_loaded'])} | |",
-        f"| `dvn serve` peak (VmHWM) | {_mib(d['server_rss_peak'])} | |",
-        f"| server − bare torch (after load) | {_mib(d['server_rss_loaded'] - d['bare_torch_rss'])} "
-        f"| {d['ratio_vs_torch']:.2f} |",
-        f"| server − bare torch (after warm-up) | {_mib(d['server_rss_warm'] - d['bare_torch_rss'])} "
+        f"| engine after warm-up | {_mib(d['server_rss_warm'])} | |",
+        f"| engine after the load | {_mib(engine)} | |",
+        f"| engine peak (VmHWM) | {_mib(d['server_rss_peak'])} | |",
+        f"| a front end after the load (mean of {len(fronts)}) | {_mib(front)} | |",
+        f"| supervisor | {_mib(sum(d['supervisor_rss_loaded']) or None)} | |",
+        f"| **engine − bare torch** (after load) | {_mib(engine - torch_rss)} "
+        f"| **{d['ratio_vs_torch']:.2f}** |",
+        f"| engine − bare torch (after warm-up) | {_mib(d['server_rss_warm'] - torch_rss)} "
         f"| {d['ratio_vs_torch_warm']:.2f} |",
-        f"| web stack − bare torch | {_mib(d['bare_web_rss'] - d['bare_torch_rss'])} | "
-        f"{(d['bare_web_rss'] - d['bare_torch_rss']) / w:.2f} |",
-        f"| server − bare web stack (the model's own share) | "
-        f"{_mib(d['server_rss_loaded'] - d['bare_web_rss'])} | {d['ratio_vs_web']:.2f} |",
         f"| torch + model − bare torch (the model's share without a server) | "
-        f"{_mib(d['torch_model_rss'] - d['bare_torch_rss'])} | "
-        f"{(d['torch_model_rss'] - d['bare_torch_rss']) / w:.2f} |",
+        f"{_mib(model_rss - torch_rss)} | {(model_rss - torch_rss) / w:.2f} |",
+        f"| engine − (torch + model): what serving adds | {_mib(engine - model_rss)} | "
+        f"{d['ratio_vs_model']:.2f} |",
         "",
-        f"Goal: (server − bare torch) / checkpoint bytes ≤ {GOAL_RATIO}x: "
-        f"**{d['ratio_vs_torch']:.2f}x, {'met' if d['goal_met'] else 'NOT met'}**. The "
-        "difference holds the Python web stack (FastAPI, uvicorn, pydantic, prometheus, the "
-        "server's own modules: the web stack − bare torch row), which does not grow with "
-        "the model, and the model's share (weights, per-(task, level) normalisation, "
-        "activations and torch's allocator and thread pools after real forwards: the last "
-        "row; the row below it measures the same without any server: most of it is torch's "
-        "own working memory once forwards have run, not the weights). RSS counts shared "
-        "library pages too, the same in every row.",
+        f"Goal: (engine − bare torch) / checkpoint bytes ≤ {GOAL_RATIO}x: "
+        f"**{d['ratio_vs_torch']:.2f}x, {'met' if d['goal_met'] else 'NOT met'}**. The engine "
+        "imports no web framework; its share over bare torch holds the weights, the level "
+        "plans (capped at `DVN_PLAN_BYTES`, 1x the weights by default), per-(task, level) "
+        "normalisation, and torch's allocator and thread pools after real forwards (the "
+        "torch + model row measures the same without any server: most of it is torch's own "
+        "working memory once forwards have run, not the weights). The front ends hold the "
+        "web stack and no weights. RSS counts shared library pages too, the same in every "
+        "row.",
         "",
         "![memory](memory.png)",
     ]
@@ -259,9 +296,8 @@ def _plot(d: dict[str, Any], path: Path) -> None:
     bars = [
         ("checkpoint weights", d["weights_bytes"]),
         ("separate networks", d["separate_networks_bytes"]),
-        ("model's share\n(server − web stack)", d["server_rss_loaded"] - d["bare_web_rss"]),
-        ("web stack − torch", d["bare_web_rss"] - d["bare_torch_rss"]),
-        ("server − torch", d["server_rss_loaded"] - d["bare_torch_rss"]),
+        ("torch + model − torch\n(no server)", d["torch_model_rss"] - d["bare_torch_rss"]),
+        ("engine − torch", d["server_rss_loaded"] - d["bare_torch_rss"]),
     ]
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     ax.barh([b[0] for b in bars], [b[1] / MiB for b in bars], color="tab:blue")
