@@ -22,7 +22,7 @@ from tests.server.helpers import error_of
 from tests.server.http.oip.helpers import INFER, oip_error
 from tests.server.http.oip.test_errors import BAD_REQUESTS
 from tests.server.http.test_bad_input import CHUNK, STREAM_CHUNKS, TABLE, client, send
-from tests.server.http.test_infer import CLIENT_ERRORS, ROUTING_ERRORS, client_error_body
+from tests.server.http.test_infer_errors import CLIENT_ERRORS, ROUTING_ERRORS, client_error_body
 
 __all__ = ["client"]  # test_bad_input's app fixture
 
@@ -308,7 +308,7 @@ async def test_each_protocol_refusal_says_how_to_fix_it(client: AppClient, case:
     assert oip_error(r)[2] == OIP_MESSAGES[case]
 
 
-# tests/server/http/test_infer.py's tables, row by row: (its url and body, message) and
+# tests/server/http/test_infer_errors.py's tables, row by row: (its url and body, message) and
 # (its method and url, message).
 # fmt: off
 CLIENT_MESSAGES = [
