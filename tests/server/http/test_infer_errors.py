@@ -1,5 +1,6 @@
 """``POST /infer`` refusals in process: client errors, transport limits, routing errors and
-a bug, all in the one error shape; and bodies mangled at random are never a 500."""
+a bug, all in the one error shape; and bodies mangled at random are never a 500. Their
+messages are the table's (tests/server/messages.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,20 @@ import pytest
 
 from tests.conftest import AppClient, ServeFactory
 from tests.server.helpers import error_of, example, image_body, npy_bytes
+from tests.server.messages import (
+    BATCH_OVER_LIMIT,
+    BODY_OVER_LIMIT,
+    INTERNAL_ERROR,
+    MEDIA,
+    MESSAGES,
+    PIXELS_OVER_LIMIT,
+    PNG_SENT_AS_JPEG,
+)
 
 NPY = {"content-type": "application/x-npy"}
 
 
-# Their messages are pinned in tests/server/test_errors_messages.py (CLIENT_MESSAGES).
+# Their messages are pinned in tests/server/messages.py (CLIENT_MESSAGES).
 CLIENT_ERRORS = [  # (url, body: None for a good one, status, type)
     ("/infer/nope", None, 404, "unknown_task"),
     ("/infer/Digits", None, 404, "unknown_task"),
@@ -52,47 +62,32 @@ async def test_transport_level_errors(serve: ServeFactory) -> None:
     client = await serve(max_body_bytes=2048, max_request_batch=4, max_image_pixels=100)
     big = {"inputs": example("digits", 0, batch=4).tolist()}  # over 2 KiB of JSON
     r = await client.post("/infer/digits", json=big)
-    status, kind, message = error_of(r)
     size = int(r.request.headers["content-length"])
-    assert (status, kind, message) == (
-        413, "payload_too_large",
-        f"body of {size} bytes is over the 2048-byte limit; send fewer examples per request "
-        "(or raise DVN_MAX_BODY_BYTES)",
+    assert error_of(r) == (
+        413, "payload_too_large", BODY_OVER_LIMIT.format(size=size, limit=2048)
     )  # fmt: skip
     r = await client.post(
         "/infer/digits", content=npy_bytes(example("digits", 0, batch=5)), headers=NPY
     )
-    assert error_of(r) == (
-        400, "invalid_input",
-        "batch of 5 examples is over the limit of 4 per request; split it into smaller requests",
-    )  # fmt: skip
+    assert error_of(r) == (400, "invalid_input", BATCH_OVER_LIMIT.format(size=5, limit=4))
     r = await client.post("/infer/digits", content=b"1,2,3", headers={"content-type": "text/csv"})
-    assert error_of(r) == (
-        415, "unsupported_media_type",
-        "content type 'text/csv' is not accepted; send application/json, application/x-npy, "
-        "image/png or image/jpeg",
-    )  # fmt: skip
+    assert error_of(r) == (415, "unsupported_media_type", MEDIA.format("'text/csv'"))
     png = image_body(np.zeros((11, 10), np.uint8), "PNG")
     r = await client.post("/infer/digits", content=png, headers={"content-type": "image/png"})
-    assert error_of(r) == (
-        413, "payload_too_large",
-        "image is 10x11 = 110 pixels, over the limit of 100; the task takes 8x8: resize it first",
-    )  # fmt: skip
+    too_many = PIXELS_OVER_LIMIT.format(
+        width=10, height=11, pixels=110, limit=100, task_width=8, task_height=8
+    )
+    assert error_of(r) == (413, "payload_too_large", too_many)
     r = await client.post("/infer/digits", content=png, headers={"content-type": "image/jpeg"})
     assert error_of(r)[:2] == (413, "payload_too_large")  # the size is checked first
     small = image_body(np.zeros((8, 8), np.uint8), "PNG")
     r = await client.post("/infer/digits", content=small, headers={"content-type": "image/jpeg"})
-    assert error_of(r) == (
-        400, "invalid_input",
-        "body is a PNG image but the content type says JPEG; send the matching Content-Type",
-    )  # fmt: skip
+    assert error_of(r) == (400, "invalid_input", PNG_SENT_AS_JPEG)
     r = await client.post("/infer/digits", content=b"\x89PNG junk", headers={"content-type": "image/png"})  # fmt: skip
-    status, kind, message = error_of(r)
-    assert (status, kind) == (400, "invalid_input")
-    assert message.startswith("body is not a readable PNG image (")
+    assert error_of(r) == (400, "invalid_input", MESSAGES["png-not-an-image"])
 
 
-# Their messages are pinned in tests/server/test_errors_messages.py (ROUTING_MESSAGES).
+# Their messages are pinned in tests/server/messages.py (ROUTING_MESSAGES).
 ROUTING_ERRORS = [  # (method, url, status, type)
     ("GET", "/nope", 404, "not_found"),
     ("POST", "/infer", 404, "not_found"),
@@ -131,7 +126,7 @@ async def test_a_bug_in_the_infer_path_is_a_500_naming_the_request_id(
         "/infer/digits", json={"inputs": example("digits", 0).tolist()},
         headers={"x-request-id": "req-42"},
     )  # fmt: skip
-    assert error_of(r) == (500, "internal_error", "internal error (request id req-42)")
+    assert error_of(r) == (500, "internal_error", INTERNAL_ERROR.format(request_id="req-42"))
     assert r.headers["x-request-id"] == "req-42"
     assert any(rec.message == "unhandled error" and rec.exc_info for rec in caplog.records)
     monkeypatch.undo()
