@@ -14,231 +14,37 @@ turns each round, so a slow spell of a shared machine hits all of them.
 
     md = run_transport("bench/results", concurrencies=(1, 16, 64), duration=3.0)
 
-The server runs as ``python -m bench.transport --serve PORT`` in its own process.
+The server is ``bench.transport_server``, the transports and loops ``bench.transport_measure``;
+this module runs them in turn and writes the report.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import statistics
-import subprocess
 import sys
-import time
-import types
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench._common import machine_line, write_report
-from bench._process import ROOT, free_port
-from clients._wire import WireTransport
+from bench.transport_measure import (
+    BASELINE_PATH,
+    BASELINE_REV,
+    Factory,
+    baseline_factory,
+    closed_loop,
+    httpx_transport,
+    loadtest,
+    wire_transport,
+)
+from bench.transport_server import ANSWER, running, serve
 
-BODY = bytes(range(256)) * 16  # a 4 KiB request body, about one .npy example of `shapes`
-SHAPE = (3, 32, 32)  # `shapes`' input: the load generator's bodies are 12 KiB .npy files
-MODEL = {"name": "bench", "version": "1", "sha256": "0" * 64}
-# A `dvn serve` answer of level 4 to one `shapes` example, about 0.5 KiB like the real one.
-ANSWER = json.dumps(
-    {
-        "task": "shapes",
-        "level": 4,
-        "units": [0, 1, 2, 3],
-        "selection": "default",
-        "predictions": [{"class_index": 1, "class_name": "circle", "probability": 0.97}],
-        "cost": {"params": 104_000, "param_bytes": 416_000, "flops": 21_000_000},
-        "model": MODEL,
-        "padding": "x" * 200,
-    }
-).encode()
-MODELS = {
-    **MODEL,
-    "device": "cpu",
-    "num_units": 4,
-    "param_bytes": 416_000,
-    "tasks": [
-        {
-            "name": "shapes",
-            "classes": ["square", "circle"],
-            "input_shape": list(SHAPE),
-            "preprocessing": {
-                "color_mode": "RGB",
-                "size": [32, 32],
-                "mean": [0.5] * 3,
-                "std": [0.5] * 3,
-            },
-            "unit_order": [0, 1, 2, 3],
-            "levels": [],
-        }
-    ],
-}
-# The last commit with the hand-written client; `dvn loadtest` through the transport that
-# replaced it must stay within GOAL_RATIO of its CPU per request (issue 17).
-BASELINE_REV = "fc3b992"
-BASELINE_PATH = "clients/_wire.py"
+__all__ = ["BASELINE_REV", "run_transport"]
+
 BASELINE = "hand-written"
 NEW = "httptools"
 GOAL_RATIO = 1.3
-Factory = Callable[[int], httpx.AsyncBaseTransport]
-
-
-def _app() -> Any:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    async def infer(request: Request) -> Response:
-        await request.body()
-        return Response(ANSWER, media_type="application/json")
-
-    async def models(request: Request) -> Response:
-        return JSONResponse(MODELS)
-
-    return Starlette(
-        routes=[
-            Route("/infer/{task}", infer, methods=["POST"]),
-            Route("/v1/models", models),
-        ]
-    )
-
-
-def serve(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-
-
-@contextlib.contextmanager
-def _server() -> Iterator[str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "bench.transport", "--serve", str(port)]
-    process = subprocess.Popen(cmd, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.post(url + "/infer/shapes", content=b"", timeout=1)
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the transport benchmark's server did not start ({cmd})")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def baseline_factory(rev: str = BASELINE_REV) -> Factory | None:
-    """The hand-written transport as it was at ``rev`` (``WireTransport`` of
-    ``clients/_wire.py``), compiled from ``git show``; ``None`` when git cannot show it
-    (no git, a shallow or exported tree)."""
-    try:
-        shown = subprocess.run(
-            ["git", "show", f"{rev}:{BASELINE_PATH}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except OSError:
-        return None
-    if shown.returncode != 0:
-        return None
-    module = types.ModuleType("bench._baseline_wire")
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(shown.stdout, f"{rev}:{BASELINE_PATH}", "exec"), module.__dict__)
-    wire: Factory = module.WireTransport
-    return wire
-
-
-def _httpx(connections: int) -> httpx.AsyncBaseTransport:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncHTTPTransport(limits=limits)
-
-
-def _wire(connections: int) -> httpx.AsyncBaseTransport:
-    return WireTransport(max_connections=connections)
-
-
-async def _closed_loop(
-    url: str, kind: str, make: Factory, clients: int, duration: float
-) -> dict[str, Any]:
-    transport = make(clients)
-    request = httpx.Request(
-        "POST",
-        url + "/infer/shapes",
-        params={"level": "4"},
-        content=BODY,
-        headers={"Content-Type": "application/x-npy", "Accept": "application/json"},
-        extensions={"timeout": httpx.Timeout(30).as_dict()},
-    )
-    count = 0
-    measuring = False
-
-    async def worker(end: float) -> None:
-        nonlocal count
-        while time.perf_counter() < end:
-            r = await transport.handle_async_request(request)
-            await r.aread()
-            if r.status_code != 200 or r.content != ANSWER:
-                raise RuntimeError(f"{kind}: unexpected answer {r.status_code}")
-            count += measuring
-
-    try:
-        await asyncio.gather(*(worker(time.perf_counter() + 0.5) for _ in range(clients)))  # warm
-        measuring = True
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker(t0 + duration) for _ in range(clients)))
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
-    finally:
-        await transport.aclose()
-    return {
-        "transport": kind,
-        "clients": clients,
-        "requests": count,
-        "rps": round(count / wall, 1),
-        "cpu_ms_per_request": round(1000 * cpu / max(count, 1), 4),
-        "client_cpu_share": round(cpu / wall, 2),  # of one core
-    }
-
-
-def _loadtest(url: str, kind: str, make: Factory, clients: int, duration: float) -> dict[str, Any]:
-    """``dvn loadtest`` itself (closed loop, ``clients`` workers) through ``make``'s
-    transport: the client CPU of everything it does per request, parsing and recording
-    included. CPU counts the whole run (discovery and warm-up too) over every request
-    sent in it."""
-    from clients.loadtest import LoadTestConfig, run_loadtest
-
-    config = LoadTestConfig(
-        url,
-        mode="closed",
-        concurrency=clients,
-        duration=duration,
-        warmup=0.5,
-        task_mix="shapes:1",
-        timeout=30,
-        transport=make(clients),
-    )
-    cpu0 = time.process_time()
-    report = run_loadtest(config)
-    cpu = time.process_time() - cpu0
-    if report.ok != report.sent:
-        raise RuntimeError(
-            f"{kind}: {report.sent - report.ok} requests failed: {report.errors_by_type}"
-        )
-    sent = report.sent + report.warmup_sent
-    return {
-        "transport": kind,
-        "clients": clients,
-        "requests": report.sent,
-        "rps": round(report.achieved_rate, 1),
-        "cpu_ms_per_request": round(1000 * cpu / max(sent, 1), 4),
-    }
 
 
 PATHS = {
@@ -307,7 +113,7 @@ def run_transport(
     """
     if rounds < 1 or duration <= 0:
         raise ValueError(f"need rounds >= 1 and duration > 0, got {rounds} and {duration}")
-    factories: dict[str, Factory] = {"httpx": _httpx, NEW: _wire}
+    factories: dict[str, Factory] = {"httpx": httpx_transport, NEW: wire_transport}
     baseline = baseline_factory(baseline_rev) if baseline_rev else None
     if baseline is not None:
         factories[BASELINE] = baseline
@@ -319,17 +125,17 @@ def run_transport(
         )
     kinds = list(factories)
     rows: list[dict[str, Any]] = []
-    with _server() as url:
+    with running() as url:
         for round_ in range(rounds):
             for path in PATHS:
                 for clients in concurrencies:
                     turn = round_ % len(kinds)
                     for kind in kinds[turn:] + kinds[:turn]:
                         if path == "loadtest":
-                            row = _loadtest(url, kind, factories[kind], clients, duration)
+                            row = loadtest(url, kind, factories[kind], clients, duration)
                         else:
                             row = asyncio.run(
-                                _closed_loop(url, kind, factories[kind], clients, duration)
+                                closed_loop(url, kind, factories[kind], clients, duration)
                             )
                         rows.append({"round": round_ + 1, "path": path, **row})
                         print(

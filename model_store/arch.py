@@ -163,10 +163,19 @@ class DVNConfig:
         valid = ", ".join(t.name for t in self.tasks)
         raise KeyError(f"unknown task {task!r}; this model serves: {valid}")
 
-    def unit_set(self, task: str | int, level: int) -> UnitSet:
-        """Units held by ``level`` (1-based) of ``task``."""
+    def check_level(self, level: int) -> int:
+        """``level`` if it is one of every task's levels, ``1..num_levels``.
+
+        Raises:
+            ValueError: naming the level and the range (the one level-range check).
+        """
         if not 1 <= level <= self.num_levels:
             raise ValueError(f"level {level} is outside 1..{self.num_levels}")
+        return level
+
+    def unit_set(self, task: str | int, level: int) -> UnitSet:
+        """Units held by ``level`` (1-based) of ``task``."""
+        self.check_level(level)
         order = self.unit_orders[self.task_index(task)]
         return UnitSet.of(order[:level], self.num_units)
 

@@ -44,27 +44,14 @@ def dtype_size(dtype: str) -> int:
 
 def trunk_params(model: DVN, task: int, level: int) -> int:
     """Parameters of the shared trunk's convolutions that ``(task, level)`` uses."""
-    sets = model.channel_sets(task, level)
-    total = 0
-    prev = sets[0]
-    for s, block in model.blocks():
-        for conv, takes_block_input in block.convs():
-            total += conv.level_params(sets[s], prev if takes_block_input else sets[s])
-        prev = sets[s]
-    return total
+    return sum(conv.params() for conv in model.active(task, level).trunk())
 
 
 def level_params(model: DVN, task: int, level: int) -> int:
     """Every number ``(task, level)`` needs at inference (see the module docstring)."""
-    sets = model.channel_sets(task, level)
-    stem = model.stems[task]
-    assert isinstance(stem, UnitConv2d)
-    total = trunk_params(model, task, level) + stem.level_params(sets[0], None)
-    total += model.stem_norms.at(task, level).level_params()
-    for _, block in model.blocks():
-        total += sum(n.at(task, level).level_params() for n in block.norm_layers())
-    total += sum(p.numel() for p in model.head(task, level).parameters())
-    return total
+    active = model.active(task, level)
+    total = sum(conv.params() + conv.norm.level_params() for conv in active.convs())
+    return total + sum(p.numel() for p in active.head.parameters())
 
 
 def level_flops(model: DVN, task: int, level: int) -> int:
@@ -109,6 +96,6 @@ def unit_param_bytes(model: DVN) -> dict[int, int]:
     cfg = model.config
     size = dtype_size(cfg.dtype)
     k = cfg.num_units
-    total = sum(conv.weight.numel() for _, block in model.blocks() for conv, _ in block.convs())
+    total = sum(conv.weight.numel() for _, block in model.blocks() for conv in block.convs())
     total += sum(stem.weight.numel() for stem in model.stems if isinstance(stem, UnitConv2d))
     return {u: total // k * size for u in range(k)}

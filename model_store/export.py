@@ -13,7 +13,7 @@ import torch
 
 from model_store.arch import DVNConfig
 from model_store.checkpoint import Checkpoint, save
-from model_store.layers import Norm2d, UnitConv2d, take
+from model_store.layers import Norm2d
 from model_store.manifest import ExportedFrom, Manifest
 from model_store.model import DVN
 
@@ -24,35 +24,23 @@ def _copy_norm(dst: Norm2d, src: Norm2d) -> None:
 
 def extract_level(model: DVN, task: str | int, level: int) -> DVN:
     """A standalone DVN (one task, one level) equal to ``model`` at ``(task, level)``."""
+    active = model.active(task, level)
     cfg = model.config
-    t = cfg.task_index(task)
-    if not 1 <= level <= cfg.num_levels:
-        raise ValueError(f"level {level} is outside 1..{cfg.num_levels}")
     sub_cfg = DVNConfig(
         backbone=cfg.backbone.scaled(level),
-        tasks=(cfg.tasks[t],),
+        tasks=(cfg.tasks[active.task],),
         unit_orders=((0,),),
         arch_name=f"{cfg.arch_name}/level{level}",
         dtype=cfg.dtype,
     )
     sub = DVN(sub_cfg).to(next(model.parameters()).device)
-    sets = model.channel_sets(t, level)
+    # The one-unit copy's only level uses every channel: its walk meets the same layers in
+    # the same order, each at the level's widths.
     with torch.no_grad():
-        stem, sub_stem = model.stems[t], sub.stems[0]
-        assert isinstance(stem, UnitConv2d) and isinstance(sub_stem, UnitConv2d)
-        sub_stem.weight.copy_(take(stem.weight, 0, sets[0]))
-        _copy_norm(sub.stem_norms.at(0, 1), model.stem_norms.at(t, level))
-        prev = sets[0]
-        for (s, block), (_, sub_block) in zip(model.blocks(), sub.blocks(), strict=True):
-            for (conv, takes_input), (sub_conv, _) in zip(
-                block.convs(), sub_block.convs(), strict=True
-            ):
-                inp = prev if takes_input else sets[s]
-                sub_conv.weight.copy_(take(take(conv.weight, 0, sets[s]), 1, inp))
-            for norms, sub_norms in zip(block.norm_layers(), sub_block.norm_layers(), strict=True):
-                _copy_norm(sub_norms.at(0, 1), norms.at(t, level))
-            prev = sets[s]
-        sub.head(0, 1).load_state_dict(model.head(t, level).state_dict())
+        for conv, sub_conv in zip(active.convs(), sub.active(0, 1).convs(), strict=True):
+            sub_conv.conv.weight.copy_(conv.weight())
+            _copy_norm(sub_conv.norm, conv.norm)
+        sub.head(0, 1).load_state_dict(active.head.state_dict())
     return sub.eval()
 
 

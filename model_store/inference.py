@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from model_store.active import ActiveConv
 from model_store.conv_kernels import conv2d
-from model_store.layers import ChannelSet, Norm2d, UnitConv2d, take
 from model_store.model import DVN
 
 
@@ -41,12 +41,10 @@ class FoldedConv:
     padding: int
 
     @classmethod
-    def fold(
-        cls, conv: UnitConv2d, norm: Norm2d, out: ChannelSet | None, inp: ChannelSet | None
-    ) -> FoldedConv:
-        w = take(take(conv.weight, 0, out), 1, inp)
+    def fold(cls, conv: ActiveConv) -> FoldedConv:
+        norm = conv.norm
         scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (out,)
-        weight = (w * scale.view(-1, 1, 1, 1)).contiguous()
+        weight = (conv.weight() * scale.view(-1, 1, 1, 1)).contiguous()
         bias = (norm.bias - norm.running_mean * scale).contiguous()
         return cls(weight, bias, conv.stride, conv.padding)
 
@@ -86,34 +84,20 @@ class LevelPlan:
         Raises:
             KeyError: unknown task. ValueError: level out of range.
         """
-        t = model.config.task_index(task)
-        if not 1 <= level <= model.config.num_levels:
-            raise ValueError(f"level {level} is outside 1..{model.config.num_levels}")
-        sets = model.channel_sets(t, level)
-        stem = model.stems[t]
-        assert isinstance(stem, UnitConv2d)
+        active = model.active(task, level)
         with torch.no_grad():
-            folded_stem = FoldedConv.fold(stem, model.stem_norms.at(t, level), sets[0], None)
-            blocks = []
-            prev = sets[0]
-            for s, block in model.blocks():
-                out = sets[s]
-                project = None
-                if block.project is not None and block.norm_project is not None:
-                    norm = block.norm_project.at(t, level)
-                    project = FoldedConv.fold(block.project, norm, out, prev)
-                blocks.append(
-                    FoldedBlock(
-                        FoldedConv.fold(block.conv1, block.norm1.at(t, level), out, prev),
-                        FoldedConv.fold(block.conv2, block.norm2.at(t, level), out, out),
-                        project,
-                    )
+            stem = FoldedConv.fold(active.stem)
+            blocks = tuple(
+                FoldedBlock(
+                    FoldedConv.fold(block.conv1),
+                    FoldedConv.fold(block.conv2),
+                    None if block.project is None else FoldedConv.fold(block.project),
                 )
-                prev = out
-            head = model.head(t, level)
-            head_weight = head.weight.detach().clone()
-            head_bias = head.bias.detach().clone()
-        return cls(t, level, folded_stem, tuple(blocks), head_weight, head_bias)
+                for block in active.blocks
+            )
+            head_weight = active.head.weight.detach().clone()
+            head_bias = active.head.bias.detach().clone()
+        return cls(active.task, level, stem, blocks, head_weight, head_bias)
 
     def __call__(self, x: Tensor) -> Tensor:
         h = self.stem(x).relu_()  # (B, w0*l/k, H, W)

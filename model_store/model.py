@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model_store.active import ActiveBlock, ActiveConv, ActiveLevel
 from model_store.arch import DVNConfig
 from model_store.layers import ChannelSet, LevelNorms, UnitConv2d, init_head
 
@@ -22,7 +23,8 @@ def stem_stride(input_shape: tuple[int, int, int]) -> int:
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-norm-relu-conv3x3-norm plus a (projected) shortcut, then relu."""
+    """conv3x3-norm-relu-conv3x3-norm plus a (projected) shortcut, then relu: the weights at
+    full width; :meth:`active` is what one level runs (``model_store.active.ActiveBlock``)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, num_tasks: int, num_units: int) -> None:
         super().__init__()
@@ -36,26 +38,23 @@ class BasicBlock(nn.Module):
             self.project = UnitConv2d(c_in, c_out, 1, stride)
             self.norm_project = LevelNorms(c_out, num_tasks, num_units)
 
-    def forward(self, x: Tensor, inp: ChannelSet, out: ChannelSet, task: int, level: int) -> Tensor:
-        # x: (B, |inp|, H, W) -> (B, |out|, H / stride, W / stride)
-        y = F.relu(self.norm1.at(task, level)(self.conv1(x, out, inp)))
-        y = self.norm2.at(task, level)(self.conv2(y, out, out))
+    def active(
+        self, inp: ChannelSet, out: ChannelSet, task: int, level: int, stage: int
+    ) -> ActiveBlock:
+        """Its layers at ``(task, level)``, taking channels ``inp`` and giving ``out``."""
+        project = None
         if self.project is not None and self.norm_project is not None:
-            x = self.norm_project.at(task, level)(self.project(x, out, inp))
-        return F.relu(y + x)
+            project = ActiveConv(self.project, self.norm_project.at(task, level), out, inp)
+        return ActiveBlock(
+            stage,
+            ActiveConv(self.conv1, self.norm1.at(task, level), out, inp),
+            ActiveConv(self.conv2, self.norm2.at(task, level), out, out),
+            project,
+        )
 
-    def convs(self) -> list[tuple[UnitConv2d, bool]]:
-        """Its convolutions, each with whether its input is the block's input."""
-        found = [(self.conv1, True), (self.conv2, False)]
-        if self.project is not None:
-            found.append((self.project, True))
-        return found
-
-    def norm_layers(self) -> list[LevelNorms]:
-        found = [self.norm1, self.norm2]
-        if self.norm_project is not None:
-            found.append(self.norm_project)
-        return found
+    def convs(self) -> list[UnitConv2d]:
+        """Its convolutions at full width."""
+        return [self.conv1, self.conv2] + ([self.project] if self.project is not None else [])
 
 
 class DVN(nn.Module):
@@ -130,29 +129,47 @@ class DVN(nn.Module):
         """Every block with the index of its stage, in order."""
         return self._blocks
 
+    def active(self, task: str | int, level: int) -> ActiveLevel:
+        """The layers ``(task, level)`` uses, with their channel sets: the one walk over a
+        level that the forward, plans, costs and exports read (``model_store.active``).
+
+        Raises:
+            KeyError: unknown task. ValueError: level out of range.
+        """
+        t = self.config.task_index(task)
+        self.config.check_level(level)
+        sets = self.channel_sets(t, level)
+        stem = self.stems[t]
+        assert isinstance(stem, UnitConv2d)
+        blocks = []
+        prev = sets[0]
+        for s, block in self._blocks:
+            blocks.append(block.active(prev, sets[s], t, level, s))
+            prev = sets[s]
+        return ActiveLevel(
+            t,
+            level,
+            ActiveConv(stem, self.stem_norms.at(t, level), sets[0], None),
+            tuple(blocks),
+            self.head(t, level),
+        )
+
     def forward(self, x: Tensor, task: str | int, level: int) -> Tensor:
         """Logits of ``level`` (1-based) of ``task`` for ``x`` of shape (B, C, H, W).
 
         Raises:
             KeyError: unknown task. ValueError: level out of range or wrong input shape.
         """
-        t = self.config.task_index(task)
-        if not 1 <= level <= self.config.num_levels:
-            raise ValueError(f"level {level} is outside 1..{self.config.num_levels}")
-        expected = self.config.tasks[t].input_shape
+        active = self.active(task, level)
+        expected = self.config.tasks[active.task].input_shape
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"task {self.config.tasks[t].name!r} takes inputs of shape (B, "
+                f"task {self.config.tasks[active.task].name!r} takes inputs of shape (B, "
                 f"{', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
-        sets = self.channel_sets(t, level)
-        stem = self.stems[t]
-        assert isinstance(stem, UnitConv2d)
-        h = F.relu(self.stem_norms.at(t, level)(stem(x, sets[0], None)))  # (B, w0*l/k, H, W)
-        prev = sets[0]
-        for s, block in self.blocks():
-            h = block(h, prev, sets[s], t, level)
-            prev = sets[s]
+        h = F.relu(active.stem(x))  # (B, w0*l/k, H, W)
+        for block in active.blocks:
+            h = block(h)
         pooled = h.mean(dim=(2, 3))  # (B, w_last*l/k)
-        out: Tensor = self.head(t, level)(pooled)  # (B, classes)
+        out: Tensor = active.head(pooled)  # (B, classes)
         return out

@@ -4,7 +4,9 @@ with its in-process and multi-process variants).
 - :class:`InprocClient` runs the engine in the front end's own event loop: tests,
   ``dvn serve --workers 0``, debugging.
 - :class:`~server.engine.mp_client.MPClient` talks to an engine process over ZMQ
-  (``server.engine.process``); ``server.ray.client.RayEngineClient`` to Ray Serve replicas.
+  (``server.engine.process``); ``server.ray.client.RayEngineClient`` to Ray Serve replicas;
+  both on :class:`~server.engine.remote.RemoteClient` (status, in-flight bound, refusal
+  counts, answers).
 
 All raise :class:`~server.errors.ServeError` for every failure and return
 :class:`~server.engine.outcome.Answer` for an answered request.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +56,11 @@ class EngineStatus:
     loaded: bool = False
     draining: bool = False
     failed: str | None = None
+
+    @classmethod
+    def reported(cls, status: Mapping[str, Any]) -> EngineStatus:
+        """The status of an engine that answered with ``status`` (``engine_status``)."""
+        return cls(True, status["ready"], status["loaded"], status["draining"], status["failed"])
 
     def check(self, probe: bool = False) -> None:
         """Raises the 503 a request gets from an engine in this state (``probe``: the
@@ -185,8 +192,7 @@ class InprocClient(EngineClient):
         await self.runtime.stop()
 
     def status(self) -> EngineStatus:
-        s = engine_status(self.runtime)
-        return EngineStatus(True, s["ready"], s["loaded"], s["draining"], s["failed"])
+        return EngineStatus.reported(engine_status(self.runtime))
 
     async def infer(
         self, request: wire.Infer, inputs: np.ndarray, entry: TaskEntry, budget: Budget | None

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +23,10 @@ from model_store.tasks import TaskSpec
 from server.budget import Budget
 from server.engine import wire
 from server.engine.admission import Admission, shed_for
-from server.engine.client import ENGINE_DOWN, EngineClient, EngineStatus, missed_kind
-from server.engine.outcome import Answer, ClientDisconnected, outcome_of
-from server.errors import BacklogShed, EngineUnavailable, ServeError, ServerBusy
+from server.engine.client import ENGINE_DOWN, EngineStatus
+from server.engine.outcome import Answer, ClientDisconnected
+from server.engine.remote import RefusedCounts, RemoteClient
+from server.errors import EngineUnavailable, ServeError, ServerBusy
 from server.logs import SERVER
 
 
@@ -36,7 +36,7 @@ class _Waiting:
     sent: float
 
 
-class MPClient(EngineClient):
+class MPClient(RemoteClient):
     """A front end's connection to the engine process at ``address``.
 
     ``max_inflight`` bounds the inference requests this front end has at the engine: past
@@ -46,6 +46,11 @@ class MPClient(EngineClient):
     dead process); one that does not answer its status within ``down_after_s`` is down too
     (a hung one): long enough that a busy engine on a loaded machine is not taken for dead.
     """
+
+    INFLIGHT_LIMIT = (
+        "this front end already has {inflight} inference requests at the engine, its limit "
+        "(DVN_MAX_INFLIGHT={limit}); retry after Retry-After, or on another replica"
+    )
 
     def __init__(
         self,
@@ -58,18 +63,17 @@ class MPClient(EngineClient):
         down_after_s: float = 10.0,
         call_timeout_s: float = 30.0,
     ) -> None:
+        super().__init__(
+            manifest,
+            specs,
+            max_inflight=max_inflight,
+            status_interval_s=status_interval_s,
+            down_after_s=down_after_s,
+            call_timeout_s=call_timeout_s,
+        )
         self.address = address
-        self.manifest = manifest
-        self.specs = specs
-        self.max_inflight = max_inflight
-        self.status_interval_s = status_interval_s
-        self.down_after_s = down_after_s
-        self.call_timeout_s = call_timeout_s
         self._waiting: dict[int, _Waiting] = {}
         self._abandoned: set[int] = set()  # cancelled by their clients
-        self.inflight = 0  # inference requests at the engine
-        self._status = EngineStatus(up=False)
-        self._refused: Counter[tuple[str, str, str | None, bool]] = Counter()
         self._admissions: dict[str, Admission] = {}  # the engine's, as of its last status
         self._admissions_at = 0.0  # when that status was received
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,9 +116,6 @@ class MPClient(EngineClient):
             self._ctx.term()
 
     # -- status --------------------------------------------------------------------------
-    def status(self) -> EngineStatus:
-        return self._status
-
     def _down(self, why: str) -> None:
         if self._status.up:
             SERVER.warning("engine down", extra={"fields": {"why": why}})
@@ -143,7 +144,7 @@ class MPClient(EngineClient):
         while True:
             try:
                 await self._flush_refused()
-                value = await self._call("status", {}, timeout=self.down_after_s)
+                value = await self._call_within("status", {}, self.down_after_s)
             except ServeError:
                 self._down(f"no status within {self.down_after_s:g} s")
             except Exception:  # a bug of ours must not stop the status from being kept
@@ -155,9 +156,7 @@ class MPClient(EngineClient):
                     for task, (wait, floor) in value["admissions"].items()
                 }
                 self._admissions_at = time.perf_counter()
-                self._status = EngineStatus(
-                    True, value["ready"], value["loaded"], value["draining"], value["failed"]
-                )
+                self._status = EngineStatus.reported(value)
                 if self._status.ready and not was.ready:
                     SERVER.info("engine ready", extra={"fields": {"pid": value["pid"]}})
             await asyncio.sleep(self.status_interval_s)
@@ -198,7 +197,10 @@ class MPClient(EngineClient):
         self._waiting[id] = _Waiting(future, time.perf_counter())
         return future
 
-    async def _call(self, method: wire.Method, args: dict[str, Any], *, timeout: float) -> Any:
+    async def _call(self, method: wire.Method, args: dict[str, Any]) -> Any:
+        return await self._call_within(method, args, self.call_timeout_s)
+
+    async def _call_within(self, method: wire.Method, args: dict[str, Any], timeout: float) -> Any:
         id = self.next_id()
         future = self._expect(id)
         try:
@@ -216,29 +218,13 @@ class MPClient(EngineClient):
         assert isinstance(reply, wire.Result)
         return reply.value
 
-    async def call(self, method: wire.Method, **args: Any) -> Any:
-        if not self._status.up:
-            raise EngineUnavailable(ENGINE_DOWN, retry_after_s=1)
-        if method == "metrics":
-            await self._flush_refused()
-        return await self._call(method, args, timeout=self.call_timeout_s)
-
     async def infer(
         self, request: wire.Infer, inputs: np.ndarray, entry: TaskEntry, budget: Budget | None
     ) -> Answer:
         self._status.check()
-        if self.inflight >= self.max_inflight:
-            raise ServerBusy(
-                f"this front end already has {self.inflight} inference requests at the engine, "
-                f"its limit (DVN_MAX_INFLIGHT={self.max_inflight}); retry after Retry-After, "
-                "or on another replica",
-                retry_after_s=1,
-            )
+        self._take_slot()
         array = np.ascontiguousarray(inputs, dtype=np.float32)
-        header = wire.Infer(
-            request.id, request.task, request.budget, request.level, request.on_miss,
-            request.elapsed_s, request.request_id, tuple(array.shape), "float32",
-        )  # fmt: skip
+        header = self._header(request, array)
         future = self._expect(request.id)
         self.inflight += 1
         sent = time.perf_counter()
@@ -253,13 +239,7 @@ class MPClient(EngineClient):
             self._abandoned.discard(request.id)
             self.inflight -= 1
             self._waiting.pop(request.id, None)
-        if isinstance(reply, wire.Failed):
-            raise reply.error()
-        assert isinstance(reply, wire.Answered) and probs is not None
-        if self.observe_ipc is not None:
-            # the round trip's time outside the engine
-            self.observe_ipc(max(0.0, time.perf_counter() - sent - reply.engine_s))
-        return wire.answer_of(reply, probs, entry, budget)
+        return self._answer(reply, probs, sent, entry, budget)
 
     def cancel(self, request_id: int) -> None:
         waiting = self._waiting.get(request_id)
@@ -273,12 +253,6 @@ class MPClient(EngineClient):
                     self._socket.send(wire.encode(wire.Cancel(request_id)), flags=zmq.NOBLOCK)
                 )
                 sent.add_done_callback(lambda f: f.cancelled() or f.exception())
-
-    def refused(self, task: str, error: ServeError) -> None:
-        # Counted here and sent in bulk with the next status poll (or before a scrape):
-        # refusing stays cheap under overload.
-        shed = isinstance(error, BacklogShed)
-        self._refused[(task, outcome_of(error), missed_kind(error), shed)] += 1
 
     def admit(self, task: str, budget: Budget | None, elapsed_s: float = 0.0) -> None:
         # From the last status (at most status_interval_s old): cheap, and the engine
@@ -295,10 +269,6 @@ class MPClient(EngineClient):
         if refusal is not None:
             raise refusal
 
-    async def _flush_refused(self) -> None:
-        if not self._refused or not self._status.up:
-            return
-        counts = [(t, o, m, shed, n) for (t, o, m, shed), n in self._refused.items()]
-        self._refused.clear()
+    async def _send_refused(self, counts: RefusedCounts) -> None:
         with contextlib.suppress(ServeError):
             await self._send([wire.encode(wire.Refused(counts))])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from typing import Any, cast
 
 import msgspec
@@ -35,9 +34,10 @@ from model_store.manifest import Manifest, TaskEntry
 from model_store.tasks import TaskSpec
 from server.budget import Budget
 from server.engine import wire
-from server.engine.client import ENGINE_DOWN, EngineClient, EngineStatus, missed_kind
-from server.engine.outcome import Answer, ClientDisconnected, outcome_of
-from server.errors import BacklogShed, EngineUnavailable, ServeError, ServerBusy
+from server.engine.client import ENGINE_DOWN, EngineStatus
+from server.engine.outcome import Answer, ClientDisconnected
+from server.engine.remote import RefusedCounts, RemoteClient
+from server.errors import EngineUnavailable, ServeError, ServerBusy
 from server.logs import SERVER
 from server.ray.metrics import merge_pages
 
@@ -66,7 +66,7 @@ def ray_error(error: BaseException) -> ServeError:
     )
 
 
-class RayEngineClient(EngineClient):
+class RayEngineClient(RemoteClient):
     """The ingress's connection to the ``DVNEngine`` deployment through ``handle``.
 
     ``max_inflight`` bounds the inference requests this ingress replica has at the engines
@@ -75,6 +75,11 @@ class RayEngineClient(EngineClient):
     replica; when none has come for ``down_after_s`` the engine is down until one does.
     It is ready while any replica seen lately is.
     """
+
+    INFLIGHT_LIMIT = (
+        "this ingress already has {inflight} inference requests at the engine replicas, its "
+        "limit (DVN_MAX_INFLIGHT={limit}); retry after Retry-After"
+    )
 
     def __init__(
         self,
@@ -90,20 +95,19 @@ class RayEngineClient(EngineClient):
         forget_after_s: float = 10.0,
         retries: int = 2,
     ) -> None:
+        super().__init__(
+            manifest,
+            specs,
+            max_inflight=max_inflight,
+            status_interval_s=status_interval_s,
+            down_after_s=down_after_s,
+            call_timeout_s=call_timeout_s,
+        )
         self.retries = retries
         self.handle = handle
         self.metrics_timeout_s = metrics_timeout_s
-        self.manifest = manifest
-        self.specs = specs
-        self.max_inflight = max_inflight
-        self.status_interval_s = status_interval_s
-        self.down_after_s = down_after_s
-        self.call_timeout_s = call_timeout_s
-        self.inflight = 0
-        self._status = EngineStatus(up=False)
         self._responses: dict[int, DeploymentResponse[Any]] = {}
         self._abandoned: set[int] = set()
-        self._refused: Counter[tuple[str, str, str | None, bool]] = Counter()
         self._poll: asyncio.Task[None] | None = None
         # Replicas by when a status last came from one (the router spreads the polls):
         # those seen within forget_after_s are scraped by name for /metrics.
@@ -128,9 +132,6 @@ class RayEngineClient(EngineClient):
                 await self._poll
         await self._flush_refused()
 
-    def status(self) -> EngineStatus:
-        return self._status
-
     async def _poll_status(self) -> None:
         while True:
             try:
@@ -151,9 +152,7 @@ class RayEngineClient(EngineClient):
                 SERVER.exception("engine status poll failed")
             else:
                 self._answered = self._seen[value["replica"]] = time.monotonic()
-                self._statuses[value["replica"]] = EngineStatus(
-                    True, value["ready"], value["loaded"], value["draining"], value["failed"]
-                )
+                self._statuses[value["replica"]] = EngineStatus.reported(value)
                 self._status = self._overall()
             await asyncio.sleep(self.status_interval_s)
 
@@ -173,18 +172,9 @@ class RayEngineClient(EngineClient):
     async def infer(
         self, request: wire.Infer, inputs: np.ndarray, entry: TaskEntry, budget: Budget | None
     ) -> Answer:
-        if self.inflight >= self.max_inflight:
-            raise ServerBusy(
-                f"this ingress already has {self.inflight} inference requests at the engine "
-                f"replicas, its limit (DVN_MAX_INFLIGHT={self.max_inflight}); retry after "
-                "Retry-After",
-                retry_after_s=1,
-            )
+        self._take_slot()
         array = np.ascontiguousarray(inputs, dtype=np.float32)
-        header = wire.Infer(
-            request.id, request.task, request.budget, request.level, request.on_miss,
-            request.elapsed_s, request.request_id, tuple(array.shape), "float32",
-        )  # fmt: skip
+        header = self._header(request, array)
         self.inflight += 1
         sent = time.perf_counter()
         try:
@@ -202,12 +192,7 @@ class RayEngineClient(EngineClient):
                     await asyncio.sleep(RETRY_AFTER_S)
         finally:
             self.inflight -= 1
-        if isinstance(reply, wire.Failed):
-            raise reply.error()
-        assert isinstance(reply, wire.Answered) and probs is not None
-        if self.observe_ipc is not None:
-            self.observe_ipc(max(0.0, time.perf_counter() - sent - reply.engine_s))
-        return wire.answer_of(reply, probs, entry, budget)
+        return self._answer(reply, probs, sent, entry, budget)
 
     async def _send(
         self, request: wire.Infer, header: wire.Infer, array: np.ndarray
@@ -237,11 +222,8 @@ class RayEngineClient(EngineClient):
         self._abandoned.add(request_id)
         response.cancel()  # type: ignore[no-untyped-call]  # the replica drops it uncomputed if it still waits
 
-    async def call(self, method: wire.Method, **args: Any) -> Any:
-        if not self._status.up:
-            raise EngineUnavailable(ENGINE_DOWN, retry_after_s=1)
+    async def _call(self, method: wire.Method, args: dict[str, Any]) -> Any:
         if method == "metrics":
-            await self._flush_refused()
             return await self._metrics()
         try:
             encoded = await asyncio.wait_for(
@@ -292,21 +274,12 @@ class RayEngineClient(EngineClient):
             raise
         return value
 
-    def refused(self, task: str, error: ServeError) -> None:
-        # Counted here and sent in bulk with the next status poll (or before a scrape).
-        shed = isinstance(error, BacklogShed)
-        self._refused[(task, outcome_of(error), missed_kind(error), shed)] += 1
-
     def admit(self, task: str, budget: Budget | None, elapsed_s: float = 0.0) -> None:
         # No early refusal here: one replica's backlog says nothing of the others'. The
         # router sends the request to the replica predicted to answer it first, and that
         # replica's engine refuses it (429, the same error) if even it would miss.
         return None
 
-    async def _flush_refused(self) -> None:
-        if not self._refused or not self._status.up:
-            return
-        counts = [(t, o, m, shed, n) for (t, o, m, shed), n in self._refused.items()]
-        self._refused.clear()
+    async def _send_refused(self, counts: RefusedCounts) -> None:
         with contextlib.suppress(RayServeException, RayActorError, RayTaskError):
             await self.handle.count_refused.remote(counts)

@@ -124,7 +124,7 @@ def test_units_are_the_order_prefix(model: DVN, costs: list[LevelCost]) -> None:
 def test_trunk_density_is_l_over_k_squared(model: DVN, task: int, level: int) -> None:
     top = trunk_params(model, task, K)
     # Every trunk conv at full width: what the top level must use.
-    assert top == sum(conv.weight.numel() for _, b in model.blocks() for conv, _ in b.convs())
+    assert top == sum(conv.weight.numel() for _, b in model.blocks() for conv in b.convs())
     assert top == 4736
     assert trunk_params(model, task, level) * K * K == top * level * level
 

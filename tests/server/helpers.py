@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_store.checkpoint import Checkpoint
@@ -49,6 +50,12 @@ def check_answer(reference: Checkpoint, doc: dict[str, Any], x: np.ndarray) -> N
         assert pred["class_index"] == int(row.argmax())
         assert pred["class_name"] == classes[int(row.argmax())]
         assert abs(pred["probability"] - float(row.max())) <= 1e-5
+
+
+def image_body(pixels: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

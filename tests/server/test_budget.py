@@ -59,7 +59,7 @@ def test_to_dict() -> None:
 
 
 # Each a grammar error (a unit, a number, a repeated kind, a limit); their messages are pinned
-# in tests/server/test_errors_messages.py.
+# in tests/server/messages.py (BUDGET_MESSAGES).
 REFUSED = [
     "5xs",
     "5MS",

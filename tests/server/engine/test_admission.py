@@ -8,6 +8,7 @@ import pytest
 from server.budget import parse_budget
 from server.engine.admission import Admission, shed_for
 from server.errors import BacklogShed, ServerBusy
+from tests.server.messages import BACKLOG_SHED
 
 
 @pytest.mark.parametrize(
@@ -31,9 +32,5 @@ def test_the_refusal_says_why_and_when_to_retry() -> None:
     refusal = shed_for(parse_budget("10ms"), Admission(0.0125, 0.001))
     assert isinstance(refusal, BacklogShed) and isinstance(refusal, ServerBusy)
     assert (refusal.status, refusal.type) == (429, "server_busy")
-    assert refusal.message == (
-        "the engine's queues put the earliest answer to this request at 12.5 ms, over its "
-        "latency budget of 10 ms; retry after Retry-After, raise the budget, or send to "
-        "another replica"
-    )
+    assert refusal.message == BACKLOG_SHED.format(wait_ms="12.5", budget_ms="10")
     assert refusal.headers() == {"Retry-After": "1"}

@@ -24,6 +24,13 @@ from tests.server.helpers import (
     sample,
     series,
 )
+from tests.server.messages import (
+    BATCH_FAILED,
+    INFLIGHT_LIMIT,
+    NON_FINITE_OUTPUT,
+    PINNED_QUEUE_FULL,
+    QUEUES_FULL,
+)
 from tests.server.queues import SHAPES, batcher, metrics, post, queued
 
 
@@ -84,9 +91,8 @@ async def test_a_failing_batch_fails_only_its_own_requests(
         await wait_until(lambda: batcher(client).total_queued() == 7, 10, "queues")
     finally:
         recorder.release.set()
-    message = (
-        "the batch of 3 examples this request was in failed at task 'shapes' level 1 "
-        "(RuntimeError: injected fault); other batches are unaffected, retry it"
+    message = BATCH_FAILED.format(
+        size=3, task="shapes", level=1, error="RuntimeError: injected fault"
     )
     assert error_of(await bad) == (500, "inference_failed", message)
     assert error_of(await mate) == (500, "inference_failed", message)
@@ -116,12 +122,8 @@ async def test_non_finite_output_is_an_inference_failure(
     client = await serve(forward_wrapper=Recorder({MARK: action}))
     x = example("digits", 3, batch=2, mark=MARK)
     r = await client.post("/infer/digits?level=2", json={"inputs": x.tolist()})
-    assert error_of(r) == (
-        500, "inference_failed",
-        "the batch of 2 examples this request was in failed at task 'digits' level 2 "
-        "(NonFiniteOutput: the model produced NaN or Inf for this batch); other batches are "
-        "unaffected, retry it",
-    )  # fmt: skip
+    failed = BATCH_FAILED.format(size=2, task="digits", level=2, error=NON_FINITE_OUTPUT)
+    assert error_of(r) == (500, "inference_failed", failed)
     good = example("digits", 4, batch=2)
     r = await client.post("/infer/digits?level=2", json={"inputs": good.tolist()})
     assert r.status_code == 200
@@ -145,11 +147,8 @@ async def test_bounded_queues_degrade_then_refuse(
         await queued(client, "digits", 1, 1)
         # Pinned to a full queue: 429.
         r = await client.post("/infer/digits?level=1", json={"inputs": xs[1].tolist()})
-        assert error_of(r) == (
-            429, "queue_full",
-            "the queue of task 'digits' level 1 is full; retry later or let the server choose "
-            "the level (no level=)",
-        )  # fmt: skip
+        full = PINNED_QUEUE_FULL.format(task="digits", level=1)
+        assert error_of(r) == (429, "queue_full", full)
         assert r.headers["retry-after"] == "1"
         top = post(client, "digits", xs[2], "?level=4")
         await queued(client, "digits", 4, 1)
@@ -160,11 +159,7 @@ async def test_bounded_queues_degrade_then_refuse(
         r = await client.post(
             f"/infer/digits?budget={levels[0].param_bytes}B", json={"inputs": xs[4].tolist()}
         )
-        assert error_of(r) == (
-            429, "queue_full",
-            "every queue of task 'digits' that fits the budget is full; retry after the "
-            "Retry-After interval or send less load",
-        )  # fmt: skip
+        assert error_of(r) == (429, "queue_full", QUEUES_FULL.format(task="digits"))
         assert r.headers["retry-after"] == "1"
         plan = (await client.get("/plan/digits")).json()
         assert (plan["level"], plan["selection"]) == (2, "degraded")  # 4 and 3 are full now
@@ -206,10 +201,7 @@ class CountingBody:
             yield self.data[i : i + self.chunk]
 
 
-BUSY = (
-    "the server is already handling 2 inference requests, its limit (DVN_MAX_INFLIGHT=2); "
-    "retry after Retry-After, or on another replica"
-)
+BUSY = INFLIGHT_LIMIT.format(inflight=2, limit=2)
 
 
 async def test_inflight_bound_refuses_before_reading_the_body(serve: ServeFactory) -> None:

@@ -11,6 +11,12 @@ from server.budget import Budget, parse_budget
 from server.engine.profile import LatencyProfile, QueueState, predict_latency, profile_batch_sizes
 from server.engine.selection import LevelOption, Selection, human_bytes, select_level
 from server.errors import BudgetUnsatisfiable, DeadlineUnmeetable, QueueFull
+from tests.server.messages import (
+    BELOW_SMALLEST_LEVEL,
+    NO_LEVEL_IN_TIME,
+    PINNED_QUEUE_FULL,
+    QUEUES_FULL,
+)
 
 MS = 1e-3
 # Four levels with the sizes of a small DVN and accuracies rising with the level.
@@ -125,26 +131,14 @@ def test_same_budget_picks_a_smaller_level_when_the_server_is_busy() -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        (
-            "40kB",
-            "memory budget 40000 B (39.1 KiB) is below the smallest level of task 'digits': "
-            "level 1 needs 46144 B (45.1 KiB); raise the budget to at least that",
-        ),
-        (
-            "46143B,1s",
-            "memory budget 46143 B (45.1 KiB) is below the smallest level of task 'digits': "
-            "level 1 needs 46144 B (45.1 KiB); raise the budget to at least that",
-        ),
-        (
-            "1B",
-            "memory budget 1 B (1 B) is below the smallest level of task 'digits': "
-            "level 1 needs 46144 B (45.1 KiB); raise the budget to at least that",
-        ),
-    ],
+    ("spec", "budget_bytes", "budget_human"),
+    [("40kB", 40000, "39.1 KiB"), ("46143B,1s", 46143, "45.1 KiB"), ("1B", 1, "1 B")],
 )
-def test_memory_below_the_smallest_level(spec: str, message: str) -> None:
+def test_memory_below_the_smallest_level(spec: str, budget_bytes: int, budget_human: str) -> None:
+    message = BELOW_SMALLEST_LEVEL.format(
+        budget=budget_bytes, budget_human=budget_human, task="digits", level=1, needs=46144,
+        needs_human="45.1 KiB",
+    )  # fmt: skip
     for on_miss in ("degrade", "reject"):
         with pytest.raises(BudgetUnsatisfiable) as info:
             select_level("digits", table(), budget(spec), on_miss=on_miss)
@@ -157,39 +151,27 @@ def test_memory_message_names_the_smallest_level_even_when_it_is_not_level_1() -
     options = table(param_bytes=(3_000_000, 2_000_000, 4_000_000, 5_000_000))
     with pytest.raises(BudgetUnsatisfiable) as info:
         select_level("shapes", options, budget("1MiB"))
-    assert info.value.message == (
-        "memory budget 1048576 B (1.0 MiB) is below the smallest level of task 'shapes': "
-        "level 2 needs 2000000 B (1.9 MiB); raise the budget to at least that"
-    )
+    assert info.value.message == BELOW_SMALLEST_LEVEL.format(
+        budget=1048576, budget_human="1.0 MiB", task="shapes", level=2, needs=2000000,
+        needs_human="1.9 MiB",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("latency_ms", "spec", "retry_after", "message"),
+    ("latency_ms", "spec", "retry_after", "budget_ms", "fastest_ms"),
     [
-        (
-            (1.0, 2.0, 4.0, 8.0),
-            "0.5ms",
-            "1",
-            "no level of task 'digits' can answer within 0.5 ms now (the fastest is predicted "
-            "at 1.0 ms); retry later, raise the budget, or use on_miss=degrade to get the "
-            "smallest level anyway",
-        ),
-        (
-            (2500.0, 2600.0, 2700.0, 2800.0),
-            "2s",
-            "3",
-            "no level of task 'digits' can answer within 2000 ms now (the fastest is predicted "
-            "at 2500.0 ms); retry later, raise the budget, or use on_miss=degrade to get the "
-            "smallest level anyway",
-        ),
+        ((1.0, 2.0, 4.0, 8.0), "0.5ms", "1", "0.5", "1.0"),
+        ((2500.0, 2600.0, 2700.0, 2800.0), "2s", "3", "2000", "2500.0"),
     ],
 )
 def test_reject_when_no_level_meets_the_latency(
-    latency_ms: tuple[float, ...], spec: str, retry_after: str, message: str
+    latency_ms: tuple[float, ...], spec: str, retry_after: str, budget_ms: str, fastest_ms: str
 ) -> None:
     with pytest.raises(DeadlineUnmeetable) as info:
         select_level("digits", table(latency_ms=latency_ms), budget(spec), on_miss="reject")
-    assert info.value.message == message
+    assert info.value.message == NO_LEVEL_IN_TIME.format(
+        task="digits", budget_ms=budget_ms, fastest_ms=fastest_ms
+    )
     assert (info.value.status, info.value.type) == (503, "deadline_unmeetable")
     assert info.value.headers() == {"Retry-After": retry_after}
 
@@ -214,10 +196,7 @@ def test_queue_full_everywhere_the_budget_allows(
     parsed = None if spec is None else budget(spec)
     with pytest.raises(QueueFull) as info:
         select_level("digits", table(latency_ms=latency_ms, full=full), parsed)
-    assert info.value.message == (
-        "every queue of task 'digits' that fits the budget is full; retry after the "
-        "Retry-After interval or send less load"
-    )
+    assert info.value.message == QUEUES_FULL.format(task="digits")
     assert (info.value.status, info.value.type) == (429, "queue_full")
     assert info.value.headers() == {"Retry-After": retry_after}
 
@@ -234,10 +213,7 @@ def test_pinned_is_served_as_asked(spec: str | None, pinned: int) -> None:
 def test_pinned_full_queue() -> None:
     with pytest.raises(QueueFull) as info:
         select_level("digits", table(latency_ms=(1, 1500, 4, 8), full=(2,)), None, pinned=2)
-    assert info.value.message == (
-        "the queue of task 'digits' level 2 is full; retry later or let the server choose "
-        "the level (no level=)"
-    )
+    assert info.value.message == PINNED_QUEUE_FULL.format(task="digits", level=2)
     assert info.value.headers() == {"Retry-After": "2"}
     # Another level's full queue does not matter to a pinned request.
     chosen = select_level("digits", table(full=(1, 3, 4)), None, pinned=2)

@@ -292,7 +292,7 @@ async def test_bad_input_is_a_4xx_in_the_one_error_shape(client: AppClient, case
     before = await outcomes(client)
     stream = Stream() if case.stream else None
     r = await send(client, case, stream)
-    # The messages are pinned once, in tests/server/test_errors_messages.py.
+    # The messages are pinned once, in tests/server/messages.py (MESSAGES).
     assert error_of(r)[:2] == (case.status, case.type)
     assert r.headers["content-type"] == "application/json"
     assert "retry-after" not in r.headers  # nothing to retry: the request must change

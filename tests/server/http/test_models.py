@@ -21,6 +21,14 @@ from server.engine import runtime
 from server.engine.executor import ForwardFn
 from tests.conftest import AppClient, ServeFactory, wait_until
 from tests.server.helpers import error_of, example
+from tests.server.messages import (
+    DRAINING_PROBE,
+    MESSAGES,
+    SHUTTING_DOWN,
+    WARM_UP_FAILED,
+    WARMING_UP,
+    WARMING_UP_PROBE,
+)
 
 LEVELS = (1, 2, 3, 4)
 
@@ -69,7 +77,7 @@ async def test_plan_shows_every_level_and_the_choice_infer_makes(
 @pytest.mark.parametrize(
     ("query", "kind", "message"),
     [
-        ("budget=1kB", "budget_unsatisfiable", "memory budget 1000 B (1000 B) is below the smallest level of task 'digits': level 1 needs 1744 B (1.7 KiB); raise the budget to at least that"),
+        ("budget=1kB", "budget_unsatisfiable", MESSAGES["budget-below-smallest-level"]),
         ("budget=1us&on_miss=reject", "deadline_unmeetable", None),
     ],
 )  # fmt: skip
@@ -207,7 +215,7 @@ async def test_export_by_memory_budget(client: AppClient, reference: Checkpoint)
     assert r.headers["x-dvn-level"] == "4"
 
 
-# Their messages are pinned in tests/server/test_errors_messages.py (EXPORT_MESSAGES).
+# Their messages are pinned in tests/server/messages.py (EXPORT_MESSAGES).
 EXPORT_ERRORS = [
     ("/v1/models/digits/export", 422, "invalid_parameter"),
     ("/v1/models/digits/export?budget=5ms", 422, "invalid_parameter"),
@@ -245,12 +253,10 @@ async def test_readyz_is_503_until_warm_up_ends(serve: ServeFactory) -> None:
         client = await serve(forward_wrapper=blocked, wait_ready=False)
         await wait_until(entered.is_set, 30, "warm-up to start")
         r = await client.get("/readyz")
-        assert error_of(r) == (503, "not_ready", "the server is warming up")
+        assert error_of(r) == (503, "not_ready", WARMING_UP_PROBE)
         assert r.headers["retry-after"] == "1"
         r = await client.post("/infer/digits", json={"inputs": example("digits", 0).tolist()})
-        assert error_of(r) == (
-            503, "not_ready", "the server is warming up (profiling every level); retry shortly",
-        )  # fmt: skip
+        assert error_of(r) == (503, "not_ready", WARMING_UP)
         assert r.headers["retry-after"] == "1"
         assert error_of(await client.get("/v1/models"))[:2] == (503, "not_ready")
         r = await client.get("/healthz")
@@ -276,7 +282,7 @@ async def test_failed_warm_up_is_logged_and_never_ready(
     client = await serve(forward_wrapper=broken, wait_ready=False)
     runtime = client.app.state.runtime
     await wait_until(lambda: runtime.warmup.done(), 30, "warm-up to end")
-    message = "warm-up failed (RuntimeError: device lost); see the server log"
+    message = WARM_UP_FAILED.format(error="RuntimeError: device lost")
     r = await client.get("/readyz")
     assert error_of(r) == (503, "not_ready", message)
     r = await client.post("/infer/digits", json={"inputs": example("digits", 0).tolist()})
@@ -291,11 +297,9 @@ async def test_failed_warm_up_is_logged_and_never_ready(
 async def test_draining_refuses_new_work(client: AppClient) -> None:
     await client.app.state.runtime.stop()
     r = await client.get("/readyz")
-    assert error_of(r) == (503, "not_ready", "the server is draining")
+    assert error_of(r) == (503, "not_ready", DRAINING_PROBE)
     r = await client.post("/infer/digits", json={"inputs": example("digits", 0).tolist()})
-    assert error_of(r) == (
-        503, "not_ready", "the server is shutting down; retry on another replica",
-    )  # fmt: skip
+    assert error_of(r) == (503, "not_ready", SHUTTING_DOWN)
     assert r.headers["retry-after"] == "1"
     assert (await client.get("/healthz")).status_code == 200
 

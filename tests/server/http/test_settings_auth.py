@@ -16,6 +16,12 @@ from server.engine.runtime import default_torch_threads
 from server.settings import Settings, SettingsError, load_settings, standard_checkpoint
 from tests.conftest import AppClient, ServeFactory
 from tests.server.helpers import error_of, example
+from tests.server.messages import (
+    INVALID_SETTINGS,
+    NO_API_KEY,
+    SETTINGS_MESSAGES,
+    WRONG_API_KEY,
+)
 
 KEY, OTHER = "s3cret-key-4711", "second-key-0815"
 
@@ -89,33 +95,36 @@ def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
         s.port = 1
 
 
+# Their messages are pinned in tests/server/messages.py (SETTINGS_MESSAGES), by row id.
+BAD_SETTINGS = [  # (row, environment, flags)
+    ("batch-size-zero", {"DVN_MAX_BATCH_SIZE": "0"}, {}),
+    ("batch-size-over", {"DVN_MAX_BATCH_SIZE": "2000"}, {}),
+    ("batch-size-words", {"DVN_MAX_BATCH_SIZE": "lots"}, {}),
+    ("port-over", {}, {"port": 70000}),
+    ("port-negative", {}, {"port": -1}),
+    ("port-words", {"DVN_PORT": "http"}, {}),
+    ("device-flag", {}, {"device": "tpu"}),
+    ("device-env", {"DVN_DEVICE": "cuda:x"}, {}),
+    ("log-level", {}, {"log_level": "verbose"}),
+    ("protect-health", {"DVN_PROTECT_HEALTH": "maybe"}, {}),
+    ("batch-delay", {"DVN_MAX_BATCH_DELAY_MS": "-1"}, {}),
+    ("body-bytes", {}, {"max_body_bytes": 10}),
+    ("profile-iters", {}, {"profile_iters": 0}),
+    ("unknown-flag", {}, {"colour": "red"}),
+]
+
+
 @pytest.mark.parametrize(
-    ("environ", "flags", "message"),
-    [
-        ({"DVN_MAX_BATCH_SIZE": "0"}, {}, "DVN_MAX_BATCH_SIZE='0': Input should be greater than or equal to 1"),
-        ({"DVN_MAX_BATCH_SIZE": "2000"}, {}, "DVN_MAX_BATCH_SIZE='2000': Input should be less than or equal to 1024"),
-        ({"DVN_MAX_BATCH_SIZE": "lots"}, {}, "DVN_MAX_BATCH_SIZE='lots': Input should be a valid integer, unable to parse string as an integer"),
-        ({}, {"port": 70000}, "--port=70000: Input should be less than or equal to 65535"),
-        ({}, {"port": -1}, "--port=-1: Input should be greater than or equal to 0"),
-        ({"DVN_PORT": "http"}, {}, "DVN_PORT='http': Input should be a valid integer, unable to parse string as an integer"),
-        ({}, {"device": "tpu"}, "--device='tpu': Value error, must be auto, cpu, cuda or cuda:N"),
-        ({"DVN_DEVICE": "cuda:x"}, {}, "DVN_DEVICE='cuda:x': Value error, must be auto, cpu, cuda or cuda:N"),
-        ({}, {"log_level": "verbose"}, "--log-level='verbose': Input should be 'debug', 'info', 'warning' or 'error'"),
-        ({"DVN_PROTECT_HEALTH": "maybe"}, {}, "DVN_PROTECT_HEALTH='maybe': Input should be a valid boolean, unable to interpret input"),
-        ({"DVN_MAX_BATCH_DELAY_MS": "-1"}, {}, "DVN_MAX_BATCH_DELAY_MS='-1': Input should be greater than or equal to 0"),
-        ({}, {"max_body_bytes": 10}, "--max-body-bytes=10: Input should be greater than or equal to 1024"),
-        ({}, {"profile_iters": 0}, "--profile-iters=0: Input should be greater than or equal to 1"),
-        ({}, {"colour": "red"}, "--colour='red': Extra inputs are not permitted"),
-    ],
-)  # fmt: skip
+    ("row", "environ", "flags"), BAD_SETTINGS, ids=[r[0] for r in BAD_SETTINGS]
+)
 def test_invalid_settings_name_their_source(
-    env: pytest.MonkeyPatch, environ: dict[str, str], flags: dict[str, Any], message: str
+    env: pytest.MonkeyPatch, row: str, environ: dict[str, str], flags: dict[str, Any]
 ) -> None:
     for name, value in environ.items():
         env.setenv(name, value)
     with pytest.raises(SettingsError) as info:
         load_settings(**flags)
-    assert str(info.value) == "invalid settings: " + message
+    assert str(info.value) == INVALID_SETTINGS.format(SETTINGS_MESSAGES[row])
     assert isinstance(info.value, ValueError)
 
 
@@ -123,19 +132,14 @@ def test_every_bad_value_is_listed(env: pytest.MonkeyPatch) -> None:
     env.setenv("DVN_MAX_BATCH_SIZE", "0")
     with pytest.raises(SettingsError) as info:
         load_settings(port=70000)
-    assert str(info.value) == (
-        "invalid settings: --port=70000: Input should be less than or equal to 65535; "
-        "DVN_MAX_BATCH_SIZE='0': Input should be greater than or equal to 1"
-    )
+    both = "; ".join(SETTINGS_MESSAGES[row] for row in ("port-over", "batch-size-zero"))
+    assert str(info.value) == INVALID_SETTINGS.format(both)
 
 
 # -- API keys -----------------------------------------------------------------------------
 
-UNAUTHORIZED = (
-    401, "unauthorized",
-    "this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-)  # fmt: skip
-FORBIDDEN = (403, "forbidden", "the API key is not valid for this server")
+UNAUTHORIZED = (401, "unauthorized", NO_API_KEY)
+FORBIDDEN = (403, "forbidden", WRONG_API_KEY)
 
 
 async def call(client: AppClient, path: str, headers: dict[str, str]) -> Any:

@@ -46,7 +46,7 @@ def fails(
     **limits: int,
 ) -> ServeError:
     """Decode, expecting ``error`` exactly, and return it (its message is pinned in
-    tests/server/test_errors_messages.py)."""
+    tests/server/messages.py)."""
     with pytest.raises(ServeError) as info:
         run(body, content_type, spec, **limits)
     assert type(info.value) is error

@@ -1,5 +1,5 @@
 """JSON and .npy bodies the decoder refuses, by error type (the messages are pinned in
-tests/server/test_errors_messages.py): bad dtypes, pickles, corrupt or lying headers,
+tests/server/messages.py): bad dtypes, pickles, corrupt or lying headers,
 ragged or non-numeric JSON, NaN and Inf."""
 
 from __future__ import annotations

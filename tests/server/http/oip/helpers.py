@@ -29,9 +29,6 @@ SHAPES = {"digits": (1, 8, 8), "shapes": (3, 16, 16)}
 GATE = 321.0  # a value no warm-up input holds: a batch holding it waits at the gate
 
 
-NOT_READY = "the server is warming up (profiling every level); retry shortly"
-
-
 def with_oip(client: AppClient) -> AppClient:
     """The app with the protocol's routes: as ``create_app`` registers them once it does,
     else registered here with the same lines (before the first request, since Starlette

@@ -28,6 +28,7 @@ from tests.server.http.oip.helpers import (
     with_input,
     with_oip,
 )
+from tests.server.messages import MEASURED, NO_LEVEL_IN_TIME, RAN_OUT, matching
 
 LAYOUTS = ("batch-flat", "batch-nested", "one-flat", "one-nested", "versioned")
 
@@ -163,12 +164,14 @@ async def test_latency_budget_and_on_miss(client: AppClient) -> None:
     r = await client.post(INFER.format(task="digits"), json=body)
     status, kind, message = oip_error(r)
     assert (status, kind) == (504, "deadline_exceeded")
+    assert matching(RAN_OUT, task="digits", late_ms=MEASURED).fullmatch(message), message
     # ... and refused at once with on_miss=reject, since no level is predicted in time.
     body["parameters"]["on_miss"] = "reject"
     r = await client.post(INFER.format(task="digits"), json=body)
     status, kind, message = oip_error(r)
     assert (status, kind) == (503, "deadline_unmeetable")
-    assert message.startswith("no level of task 'digits' can answer within 0.001 ms now")
+    in_time = matching(NO_LEVEL_IN_TIME, task="digits", budget_ms="0.001", fastest_ms=MEASURED)
+    assert in_time.fullmatch(message), message
     assert int(r.headers["retry-after"]) >= 1
     # A pinned level is served even when it misses the budget, and says so.
     body["parameters"] = {"budget": "1B", "level": 3, "on_miss": "degrade"}
