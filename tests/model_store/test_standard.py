@@ -114,9 +114,8 @@ def test_standard_tiny_trains_a_loadable_checkpoint(
     assert training is not None
     assert TrainConfig.model_validate(training["config"]) == get_preset("standard-tiny")
     assert training["objective"] == (
-        "sum over tasks and levels of cross-entropy (docs/method.md); levels below the top: 0 x "
-        "cross-entropy + 1 x T^2 KL from the top level's detached predictions (in-place "
-        "distillation, T = 1)"
+        "sum over tasks and levels of cross-entropy (docs/method.md); level weights "
+        "[1.0, 1.0, 1.0, 2.0]"
     )
     # The stored accuracies are what the loaded weights score on the data they name.
     measured = evaluate(ckpt.model, tiny_tasks, torch.device("cpu"))

@@ -326,6 +326,7 @@ WARM_UP_FAILED = "warm-up failed ({error}); see the server log"
 SHUTTING_DOWN = "the server is shutting down; retry on another replica"
 DRAINING_PROBE = "the server is draining"
 INFLIGHT_LIMIT = "the server is already handling {inflight} inference requests, its limit (DVN_MAX_INFLIGHT={limit}); retry after Retry-After, or on another replica"
+ADAPTIVE_LIMIT = "this front end is handling {inflight} inference requests, its adaptive limit from the latency it achieves ({limit}); retry after Retry-After, or on another replica"  # fmt: skip
 INTERNAL_ERROR = "internal error (request id {request_id})"
 
 # Level selection (server/engine/selection.py).

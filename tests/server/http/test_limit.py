@@ -10,6 +10,7 @@ import pytest
 
 from server.http.limit import Gradient2
 from tests.conftest import ServeFactory
+from tests.server.messages import ADAPTIVE_LIMIT
 
 
 def test_steady_latency_under_load_grows_the_limit_by_its_square_root() -> None:
@@ -58,7 +59,7 @@ def test_refusal_is_a_429_naming_the_limit() -> None:
     limit = Gradient2(initial=7)
     error = limit.refusal(7)
     assert (error.status, error.type) == (429, "server_busy")
-    assert "its adaptive limit from the latency it achieves (7)" in str(error)
+    assert str(error) == ADAPTIVE_LIMIT.format(inflight=7, limit=7)
     assert error.headers() == {"Retry-After": "1"}
 
 
@@ -75,7 +76,7 @@ async def test_front_end_past_its_adaptive_limit_answers_429_before_the_body(
     )
     assert r.status_code == 429
     assert r.json()["error"]["type"] == "server_busy"
-    assert "adaptive limit from the latency it achieves (4)" in r.json()["error"]["message"]
+    assert r.json()["error"]["message"] == ADAPTIVE_LIMIT.format(inflight=4, limit=4)
     fe.inflight = 0
     fe.limiter.limit = 20.0
     served = await client.post(
