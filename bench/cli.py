@@ -47,6 +47,9 @@ def register(sub: Any) -> None:
     sv.add_argument("--task", help="task to load (default: the first)")
     sv.add_argument("--requests", type=int, default=200, help="sequential requests per level")
     sv.add_argument("--duration", type=float, default=5.0, help="seconds per throughput point")
+    sv.add_argument(
+        "--server-args", default="", help='passed to dvn serve as they are, e.g. "--workers 2"'
+    )
     sv.set_defaults(handler=_serve)
 
     sk = which.add_parser(
@@ -213,10 +216,17 @@ def _levels(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import shlex
+
     from bench.serve import run_serve
 
     report = run_serve(
-        args.checkpoint, args.out, task=args.task, requests=args.requests, duration=args.duration
+        args.checkpoint,
+        args.out,
+        task=args.task,
+        requests=args.requests,
+        duration=args.duration,
+        server_args=tuple(shlex.split(args.server_args)),
     )
     print(report.read_text())
     return 0

@@ -61,8 +61,10 @@ def run_serve(
     requests: int = 200,
     duration: float = 5.0,
     concurrencies: tuple[int, ...] = (1, 16, 64),
+    server_args: tuple[str, ...] = (),
 ) -> Path:
-    """Measure and write ``serve.json`` and ``serve.md``; return the .md path."""
+    """Measure and write ``serve.json`` and ``serve.md``; return the .md path.
+    ``server_args`` go to ``dvn serve`` as they are (``--workers 2``)."""
     from server.settings import demo_checkpoint
 
     path = Path(checkpoint or demo_checkpoint())
@@ -76,7 +78,7 @@ def run_serve(
     throughput: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for batching, max_batch in (("on", 32), ("off", 1)):
-            args = ("--max-batch-size", str(max_batch))
+            args = ("--max-batch-size", str(max_batch), *server_args)
             with dvn_serve(path, Path(tmp) / f"serve-{batching}.log", *args) as server:
                 if batching == "on":
                     for lv in entry.levels:
@@ -129,7 +131,12 @@ def run_serve(
                             "errors": report.errors + report.timeouts,
                         }
                     )
-    data = {"task": entry.name, "levels": levels, "throughput": throughput}
+    data = {
+        "task": entry.name,
+        "levels": levels,
+        "throughput": throughput,
+        "server_args": list(server_args),
+    }
     return write_report(out, "serve", data, _markdown(data))
 
 
@@ -138,7 +145,7 @@ def _markdown(data: dict[str, Any]) -> str:
         "## Serving: overhead and throughput",
         "",
         f"{machine_line()} Task `{data['task']}`, one example per request (`.npy` body), a real "
-        "`dvn serve` process on loopback. Concurrency 1: one `http.client` keep-alive connection, "
+        f"`dvn serve{''.join(' ' + a for a in data.get('server_args', []))}` on loopback. Concurrency 1: one `http.client` keep-alive connection, "
         "requests one after another, next to the forward the server runs (the level's "
         "`LevelPlan`) timed in-process; throughput: the project's load generator (its "
         "light HTTP/1.1 transport).",
