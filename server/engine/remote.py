@@ -90,10 +90,10 @@ class RemoteClient(EngineClient):
     @staticmethod
     def _header(request: wire.Infer, array: np.ndarray) -> wire.Infer:
         """``request``'s header for the float32 ``array`` that goes with it."""
-        return wire.Infer(
+        return wire.stamped(wire.Infer(
             request.id, request.task, request.budget, request.level, request.on_miss,
             request.elapsed_s, request.request_id, tuple(array.shape), "float32",
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def _answer(
         self,

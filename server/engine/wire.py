@@ -8,6 +8,9 @@ inside the msgpack header. See docs/architecture.md for the exchange.
 
 from __future__ import annotations
 
+import functools
+import time
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -31,6 +34,33 @@ class Infer(msgspec.Struct, tag="infer", frozen=True):
     request_id: str
     shape: tuple[int, ...]
     dtype: str
+    # When it was sent (time.monotonic) on the host whose boot is ``host``: an engine on the
+    # same boot adds the time the message waited to be read (transit_s); 0/"": unknown.
+    sent_at: float = 0.0
+    host: str = ""
+
+
+@functools.cache
+def this_host() -> str:
+    """This machine's boot id: two processes share ``time.monotonic`` exactly when their
+    boot ids are equal (a host with no boot id shares it with nobody)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def stamped(request: Infer) -> Infer:
+    """``request`` as sent now: its send time and host, for :func:`transit_s`."""
+    return msgspec.structs.replace(request, sent_at=time.monotonic(), host=this_host())
+
+
+def transit_s(request: Infer) -> float:
+    """How long ``request`` waited between its front end's send and now (the engine's
+    read): 0 when the sender's clock is not this one's."""
+    if not request.host or request.host != this_host():
+        return 0.0
+    return max(0.0, time.monotonic() - request.sent_at)
 
 
 class Cancel(msgspec.Struct, tag="cancel", frozen=True):
