@@ -17,12 +17,13 @@ from model_store.costs import unit_param_bytes
 from model_store.manifest import TaskEntry
 from model_store.tasks import TaskSpec
 from server.budget import Budget, parse_budget
+from server.engine.accounting import Accounting
 from server.engine.admission import Admission, shed_for
 from server.engine.batching import Batcher
 from server.engine.executor import Executor
 from server.engine.forecast import Forecaster
-from server.engine.outcome import Answer, ClientDisconnected, Handling, Ticket, outcome_of
-from server.engine.pending import BatchEvent, Clock, Pending
+from server.engine.outcome import Answer, ClientDisconnected, Handling, Ticket
+from server.engine.pending import Clock, Pending
 from server.engine.profile import LatencyProfile, predict_latency
 from server.engine.selection import (
     OnMiss,
@@ -32,9 +33,7 @@ from server.engine.selection import (
 )
 from server.engine.wire import Infer, transit_s
 from server.errors import (
-    BudgetUnsatisfiable,
     DeadlineExceeded,
-    DeadlineUnmeetable,
     InvalidInput,
     InvalidParameter,
     ServeError,
@@ -46,7 +45,7 @@ from server.metrics import Metrics
 from server.settings import Settings
 
 
-class Engine:
+class Engine(Accounting):
     """Selection, admission, queues and accounting of every inference request, over the
     batcher and executor; the one request path whichever front end sent the request."""
 
@@ -354,59 +353,3 @@ class Engine:
             queue_wait_s=result.queue_wait_s,
             compute_s=result.compute_s,
         )
-
-    # -- accounting --------------------------------------------------------------------
-    def account(
-        self, task: str, answer: Answer | None, error: ServeError | None, examples: int
-    ) -> None:
-        """Count a finished request in the metrics."""
-        if answer is not None:
-            results: dict[str, bool] = {}
-            if answer.latency_met is not None:
-                results["latency"] = answer.latency_met
-            if answer.memory_met is not None:
-                results["memory"] = answer.memory_met
-            self.metrics.answered(
-                task=task,
-                level=answer.level,
-                units=answer.units,
-                examples=examples,
-                reason=answer.reason,
-                duration_s=answer.measured_latency_s,
-                budget_results=results,
-            )
-        elif error is not None:
-            label = task if task in self.tasks else "unknown"
-            missed = None
-            if isinstance(error, DeadlineUnmeetable | DeadlineExceeded):
-                missed = "latency"
-            elif isinstance(error, BudgetUnsatisfiable):
-                missed = "memory"
-            self.metrics.refused(task=label, level=None, outcome=outcome_of(error), missed=missed)
-
-    def count_refused(
-        self, task: str, outcome: str, missed: str | None, n: int = 1, shed: bool = False
-    ) -> None:
-        """Count ``n`` requests a front end refused before they reached the engine;
-        ``shed``: refused for the backlog (:func:`shed_for`), a latency budget missed."""
-        if shed:
-            self.forecast.attainment.record(False, n=n)
-        label = task if task in self.tasks else "unknown"
-        self.metrics.refused(task=label, level=None, outcome=outcome, missed=missed, n=n)
-
-    def account_cancelled(self, task: str) -> None:
-        """Count a request whose client went away before its answer."""
-        label = task if task in self.tasks else "unknown"
-        self.metrics.refused(task=label, level=None, outcome="cancelled", missed=None)
-
-    def _batch_done(self, event: BatchEvent) -> None:
-        depth = self.batcher.depth((event.task, event.level))
-        self.metrics.queued(task=event.task, level=event.level, depth=depth)
-        if event.failed:
-            self.metrics.batch_failed(task=event.task, level=event.level)
-            return
-        entry = self.tasks[event.task].levels[event.level - 1]
-        self.metrics.batch_done(
-            task=event.task, level=event.level, units=entry.units, examples=event.examples,
-            seconds=event.seconds, express=event.express,
-        )  # fmt: skip
