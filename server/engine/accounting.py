@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from model_store.manifest import TaskEntry
 from server.engine.batching import Batcher
-from server.engine.client import missed_kind
 from server.engine.forecast import Forecaster
-from server.engine.outcome import Answer, outcome_of
+from server.engine.outcome import Answer, missed_kind, outcome_of
 from server.engine.pending import BatchEvent
 from server.errors import ServeError
 from server.metrics import Metrics

@@ -28,13 +28,10 @@ from model_store.tasks import TaskSpec
 from server.budget import Budget
 from server.engine import catalog, wire
 from server.engine.admission import shed_for
-from server.engine.outcome import Answer, outcome_of
+from server.engine.outcome import Answer, missed_kind, outcome_of
 from server.engine.runtime import Runtime, engine_status
 from server.errors import (
     BacklogShed,
-    BudgetUnsatisfiable,
-    DeadlineExceeded,
-    DeadlineUnmeetable,
     EngineUnavailable,
     NotReady,
     ServeError,
@@ -78,15 +75,6 @@ class EngineStatus:
                 else "the server is warming up (profiling every level); retry shortly",
                 retry_after_s=1,
             )
-
-
-def missed_kind(error: ServeError) -> str | None:
-    """The budget kind an error refused a request for, if any."""
-    if isinstance(error, DeadlineUnmeetable | DeadlineExceeded):
-        return "latency"
-    if isinstance(error, BudgetUnsatisfiable):
-        return "memory"
-    return None
 
 
 class EngineClient(abc.ABC):

@@ -10,7 +10,7 @@ import numpy as np
 
 from model_store.manifest import TaskEntry
 from server.budget import Budget
-from server.errors import ServeError
+from server.errors import BudgetUnsatisfiable, DeadlineExceeded, DeadlineUnmeetable, ServeError
 
 
 @dataclass(frozen=True)
@@ -66,3 +66,12 @@ def outcome_of(error: ServeError) -> str:
     if error.status in (429, 503, 504):
         return "rejected"
     return "invalid"
+
+
+def missed_kind(error: ServeError) -> str | None:
+    """The budget kind an error refused a request for, if any."""
+    if isinstance(error, DeadlineUnmeetable | DeadlineExceeded):
+        return "latency"
+    if isinstance(error, BudgetUnsatisfiable):
+        return "memory"
+    return None

@@ -23,8 +23,8 @@ from model_store.manifest import Manifest, TaskEntry
 from model_store.tasks import TaskSpec
 from server.budget import Budget
 from server.engine import wire
-from server.engine.client import ENGINE_DOWN, EngineClient, EngineStatus, missed_kind
-from server.engine.outcome import Answer, outcome_of
+from server.engine.client import ENGINE_DOWN, EngineClient, EngineStatus
+from server.engine.outcome import Answer, missed_kind, outcome_of
 from server.errors import BacklogShed, EngineUnavailable, ServeError, ServerBusy
 
 # (task, outcome, missed budget kind, shed by admission, count): a wire.Refused row
