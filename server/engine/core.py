@@ -71,7 +71,6 @@ class Engine(Accounting):
         self.archives: dict[tuple[str, int], bytes] = {}  # exported levels, built on demand
         self.device = str(next(checkpoint.model.parameters()).device)
         self.inflight = 0
-        self.transit_s = 0.0  # smoothed wait of a request to be read (wire.transit_s)
         self.arriving = 0
         self.draining = False
         self.unit_bytes = unit_param_bytes(checkpoint.model)
@@ -160,13 +159,7 @@ class Engine(Accounting):
         return Admission(wait_s=wait, floor_s=self.profile.forward_s(key, 1))
 
     def admissions(self) -> dict[str, Admission]:
-        """What the front ends weigh, per task: :meth:`admission`, plus the time a request
-        waits to be read (smoothed over the requests read lately, refused ones too, so it
-        falls as soon as the backlog does): a front end's request has that ahead of it."""
-        return {
-            name: Admission(a.wait_s + self.transit_s, a.floor_s)
-            for name, a in ((name, self.admission(name)) for name in self.tasks)
-        }
+        return {name: self.admission(name) for name in self.tasks}
 
     def check_inputs(self, task: TaskEntry, inputs: np.ndarray) -> None:
         """The front end decoded and checked the inputs; a frame from elsewhere is checked
@@ -229,9 +222,7 @@ class Engine(Accounting):
             ServeError: every failure, typed.
             ClientDisconnected: :meth:`cancel` dropped it while it waited.
         """
-        transit = transit_s(request)
-        self.transit_s += 0.1 * (transit - self.transit_s)
-        arrival = self.clock() - max(0.0, request.elapsed_s) - transit
+        arrival = self.clock() - max(0.0, request.elapsed_s) - transit_s(request)
         with self.handling(request.task) as handling:
             entry = self.task(request.task)
             budget = parse_budget(request.budget)

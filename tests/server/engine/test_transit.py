@@ -1,7 +1,6 @@
 """The time a request waits to be read by the engine (``wire.transit_s``) counts against
 its budget: an engine that falls behind reading its socket does not take a request that
-spent its budget in transit for a fresh one, and tells the front ends about that wait in
-its admission figures."""
+spent its budget in transit for a fresh one."""
 
 from __future__ import annotations
 
@@ -51,6 +50,3 @@ async def test_a_request_that_spent_its_budget_in_transit_is_not_computed(
     )
     with pytest.raises(DeadlineExceeded):
         await engine.infer(stale, inputs, key="stale")
-    # the front ends are told: the admission figures carry the smoothed wait to be read
-    assert engine.transit_s > 0.004
-    assert engine.admissions()["digits"].wait_s >= engine.admission("digits").wait_s + 0.004
