@@ -45,7 +45,9 @@ def markdown(d: dict[str, Any]) -> str:
         f"{d['ray_start_s']} s); each application deployed fresh, previous one deleted (to "
         f"ready: {deploys}). Budget mix `{o['budget_mix']}`, tasks "
         f"`{o['task_mix'] or 'every task'}`, {o['duration']:g} s measured per run after "
-        f"{o['warmup']:g} s of warm-up. Steal: CPU time the hypervisor took.", "",
+        f"{o['warmup']:g} s of warm-up. Met: the server's verdict, its clock started by the "
+        "ingress (Ray's proxy hop before it is in p50/p99, not in met). Steal: CPU time the "
+        "hypervisor took.", "",
         f"### Ray path overhead at concurrency 1 (`{d['task']}`, level {d['level']} pinned)", "",
         f"One closed-loop client, no budget; {o['latency_rounds']} turns of "
         f"{o['duration'] / 2:g} s each, the two servers in turn, answers pooled.", "",
@@ -66,9 +68,10 @@ def markdown(d: dict[str, Any]) -> str:
         lines += [
             f"### BudgetRouter against Ray's power of two choices ({max(o['replicas'])} replicas)",
             "", f"Open loop, the same Poisson arrivals in every run ({d['skew_rate']} req/s); "
-            f"skewed: one replica sleeps {o['slow_ms']:g} ms in every forward. Slow share: of "
-            "the requests the replicas counted, those of the slow one.", "",
-            *_table(["router", "load", "offered req/s", *figures, "slow share", "errors", "steal"], [
+            f"skewed: one replica (the first to start) sleeps {o['slow_ms']:g} ms in every "
+            "forward. Its share: of the requests the replicas counted (warm-up included), those "
+            "it got, slowed or not (balanced: 50% is an even split).", "",
+            *_table(["router", "load", "offered req/s", *figures, "its share", "errors", "steal"], [
                 [r["router"], "skewed" if r["skew"] else "balanced", r["offered_rps"], *_cells(r),
                  pct(r["slow_share"]), *_tail(r)] for r in d["routers"]
             ]),

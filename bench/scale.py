@@ -8,7 +8,7 @@
 3. **Routers**: with the most replicas, ``BudgetRouter`` against Ray's default power of two
    choices (``RayOptions(router="pow2")``), open loop on the same Poisson arrivals (same
    seed; ``skew_rate``, or ``skew_load`` times the answers/s of step 2), balanced and skewed:
-   skewed, the first replica to warm up sleeps ``slow_ms`` in every forward (a slower device
+   skewed, the first replica to start sleeps ``slow_ms`` in every forward (a slower device
    or a noisy neighbour; the sleep takes no CPU). Goodput, met/ok, p99 and the share of the
    requests each router sent the slow replica (``dvn_requests_total`` by ``replica``, warm-up
    included). :func:`verdict` calls a difference of goodput or p99 within ``MARGIN`` none.
