@@ -335,7 +335,8 @@ def run_scale(
                     apps.skew(skew)
                     before = routed(apps.url)
                     row = measure(apps.url, o, mode="open", rate=rate, seed=200)
-                    sent = routed(apps.url) - before
+                    after = routed(apps.url)
+                    sent = Counter({name: after[name] - before[name] for name in after})
                     share = apps.slow_share(sent)
                     row |= {"router": router, "skew": skew, "slow_share": share}
                     data["routers"].append(row | {"by_replica": dict(sent)})
