@@ -19,6 +19,8 @@ EXAMPLES = """examples:
   dvn bench soak                                # 100,000 requests: none lost, memory flat
   dvn bench overload                            # goodput past capacity, closed and open loop
   dvn bench refusal                             # CPU of a refusal vs an answer, per process
+  dvn bench scale                               # Ray Serve: overhead, 1 vs 2 replicas, routers
+  dvn bench scale --duration 3 --clients 4 --slow-ms 50
   dvn bench overload --budget 20ms --duration 2 --server-args "--workers 2"
   dvn bench soak --requests 20000 --concurrency 8 --budget-mix "none:1,5ms:1"
 
@@ -144,6 +146,47 @@ def register(sub: Any) -> None:
     rf.add_argument("--requests", type=int, default=2000, help="requests per kind and round")
     rf.add_argument("--clients", type=int, default=4, help="closed-loop clients (4)")
     rf.set_defaults(handler=_refusal)
+
+    sc = which.add_parser(
+        "scale",
+        help="Ray Serve: the Ray path's overhead, 1 vs 2 replicas, BudgetRouter vs power of two",
+    )
+    sc.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    sc.add_argument("--out", default="bench/results", help="where to write scale.json/.md/.png")
+    sc.add_argument("--duration", type=float, default=10.0, help="seconds measured per run (10)")
+    sc.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per run (2)")
+    sc.add_argument("--clients", type=int, default=8, help="closed-loop clients, replicas (8)")
+    sc.add_argument("--replicas", default="1,2", help="replica counts to compare (1,2)")
+    sc.add_argument("--task", default="digits", help="the overhead's task (default: digits)")
+    sc.add_argument("--level", type=int, help="the overhead's pinned level (default: the top)")
+    sc.add_argument("--task-mix", help="tasks of the load (default: every task)")
+    sc.add_argument(
+        "--budget-mix",
+        default="10ms:1,25ms:1,50ms:1,100ms:1",
+        help="budgets of the load (default: 10ms:1,25ms:1,50ms:1,100ms:1)",
+    )
+    sc.add_argument("--latency-rounds", type=int, default=2, help="overhead: turns per server (2)")
+    sc.add_argument(
+        "--slow-ms",
+        type=float,
+        default=20.0,
+        help="skew: the slow replica's sleep per forward (20)",
+    )
+    sc.add_argument(
+        "--skew-load",
+        type=float,
+        default=0.5,
+        help="routers: open-loop rate, x the answers/s of the most replicas (0.5)",
+    )
+    sc.add_argument("--skew-rate", type=float, help="routers: open-loop rate in req/s instead")
+    sc.add_argument(
+        "--profile-iters",
+        type=int,
+        default=3,
+        help="servers' start-up profile: forwards per batch size (default 3)",
+    )
+    sc.add_argument("--quiet", action="store_true", help="no progress lines")
+    sc.set_defaults(handler=_scale)
 
     al = which.add_parser("all", help="every benchmark, then docs/benchmarks.md")
     _common_args(al)
@@ -309,6 +352,30 @@ def _overload(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     report = run_overload(args.checkpoint, args.out, options)
+    print(report.read_text())
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from bench.scale import ScaleOptions, run_scale
+
+    options = ScaleOptions(
+        task=args.task,
+        level=args.level,
+        task_mix=args.task_mix,
+        budget_mix=args.budget_mix,
+        clients=args.clients,
+        replicas=_ints(args.replicas),
+        duration=args.duration,
+        warmup=args.warmup,
+        latency_rounds=args.latency_rounds,
+        slow_ms=args.slow_ms,
+        skew_load=args.skew_load,
+        skew_rate=args.skew_rate,
+        profile_iters=args.profile_iters,
+        progress=not args.quiet,
+    )
+    report = run_scale(args.checkpoint, args.out, options)
     print(report.read_text())
     return 0
 

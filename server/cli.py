@@ -63,6 +63,12 @@ def register(sub: Any) -> None:
         help="with --ray: the Ray cluster to join (e.g. ray://head:10001, auto); "
         "default: start a local Ray",
     )
+    p.add_argument(
+        "--router",
+        choices=["budget", "pow2"],
+        help="with --ray: replica choice, budget (default: the budget-aware router) or pow2 "
+        "(Ray's default power of two choices, a baseline)",
+    )
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_serve)
@@ -93,8 +99,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     configure_logging(settings.log_level, settings.log_json)
-    if not args.ray and (args.replicas is not None or args.address is not None):
-        SERVER.error("--replicas and --address go with --ray")
+    if not args.ray and (args.replicas, args.address, args.router) != (None, None, None):
+        SERVER.error("--replicas, --address and --router go with --ray")
         return 2
     if args.ray:
         if args.replicas is not None and args.replicas < 1:
@@ -102,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         from server.ray.launch import run
 
-        return run(settings, args.replicas, args.address)
+        return run(settings, args.replicas, args.address, router=args.router or "budget")
     device = pick_device(settings.device)
     checkpoint = load(settings.checkpoint, device)  # CheckpointError: message, exit 1
     SERVER.info(

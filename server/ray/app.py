@@ -10,7 +10,7 @@ application builder that ``serve run`` / ``serve deploy`` import
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -25,7 +25,12 @@ from server.ray.client import RayEngineClient
 from server.ray.replica import DVNEngine
 from server.settings import Settings, load_settings
 
-ROUTER = "server.ray.router:BudgetRouter"
+ROUTERS = {
+    "budget": "server.ray.router:BudgetRouter",
+    # Ray's default, power of two choices on queue length (and named calls honoured)
+    "pow2": "server.ray.router:PowerOfTwoRouter",
+}
+ROUTER = ROUTERS["budget"]
 
 
 class RayOptions(BaseModel):
@@ -49,6 +54,11 @@ class RayOptions(BaseModel):
     stats_period_s: float = Field(default=0.1, gt=0, description="routing stats period")
     stale_after_s: float = Field(default=1.0, gt=0, description="older stats: power of two")
     ingress_cpus: float = Field(default=0.25, gt=0)
+    router: Literal["budget", "pow2"] = Field(
+        default="budget",
+        description="replica choice: budget (BudgetRouter, predicted answer time) or pow2 "
+        "(Ray's default power of two choices on queue length; a baseline)",
+    )
 
 
 def engine_deployment(
@@ -68,9 +78,10 @@ def engine_deployment(
                 "target_ongoing_requests": options.target_queue,
             }
         }
+    kwargs = {"stale_after_s": options.stale_after_s} if options.router == "budget" else {}
     router: dict[str, Any] = {
-        "request_router_class": ROUTER,
-        "request_router_kwargs": {"stale_after_s": options.stale_after_s},
+        "request_router_class": ROUTERS[options.router],
+        "request_router_kwargs": kwargs,
         "request_routing_stats_period_s": options.stats_period_s,
         "request_routing_stats_timeout_s": max(1.0, 10 * options.stats_period_s),
     }

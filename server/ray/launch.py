@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import threading
+from typing import Literal
 
 from server.engine.runtime import pick_device
 from server.logs import SERVER
@@ -33,8 +34,14 @@ def local_share(replicas: int, ingress_cpus: float = 0.25) -> float:
     return min(1.0, max(0.05, math.floor(share * 100) / 100))  # floor: the sum must fit
 
 
-def run(settings: Settings, replicas: int | None, address: str | None) -> int:
-    """Deploy and serve until a signal; 0 when stopped by one."""
+def run(
+    settings: Settings,
+    replicas: int | None,
+    address: str | None,
+    router: Literal["budget", "pow2"] = "budget",
+) -> int:
+    """Deploy and serve until a signal; 0 when stopped by one. ``router``: see
+    :class:`~server.ray.app.RayOptions`."""
     import ray
     from ray import serve
 
@@ -46,6 +53,7 @@ def run(settings: Settings, replicas: int | None, address: str | None) -> int:
         replicas=count,
         num_gpus=1.0 if gpu else 0.0,
         num_cpus=1.0 if gpu or address is not None else local_share(count),
+        router=router,
     )
     ray.init(address=address, include_dashboard=False)  # None: start a local Ray
 
@@ -69,6 +77,7 @@ def run(settings: Settings, replicas: int | None, address: str | None) -> int:
                     "url": f"http://{settings.host}:{settings.port}",
                     "replicas": options.replicas,
                     "address": address or "local",
+                    "router": router,
                 }
             },
         )

@@ -17,6 +17,11 @@ replica, or waits for it.
 
 The choice itself, :func:`rank_replicas`, is a pure function of the reports, the sends
 since and the clock: tested with tables, no Ray needed.
+
+``PowerOfTwoRouter`` is Ray's default router (power of two choices on queue length, for
+every request) that also honours the ``replica`` keyword, so that ``/metrics`` still reaches
+every replica: ``RayOptions(router="pow2")``, the baseline ``dvn bench scale`` compares
+``BudgetRouter`` with.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 from ray.serve.request_router import (
     FIFOMixin,
     PendingRequest,
@@ -160,6 +166,26 @@ class BudgetRouter(FIFOMixin, RequestRouter):
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._sent.pop(replica_id, None)
+
+
+class PowerOfTwoRouter(PowerOfTwoChoicesRequestRouter):
+    """Ray's default router (``PowerOfTwoChoicesRequestRouter``), unchanged for every call
+    but one for a named replica (the ingress's metrics scrape), which goes to that replica
+    as with :class:`BudgetRouter`."""
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        target = None if pending_request is None else pending_request.kwargs.get("replica")
+        if target is None:
+            chosen: list[list[RunningReplica]] = await super().choose_replicas(
+                candidate_replicas, pending_request
+            )
+            return chosen
+        by_name = {r.replica_id.unique_id: r for r in candidate_replicas}
+        return [[by_name[target]]] if target in by_name else []
 
 
 def _task_of(request: PendingRequest | None) -> str | None:

@@ -72,3 +72,18 @@ def test_rayservice_embeds_the_serve_config_with_a_gpu_per_replica() -> None:
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     limits = workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
+
+
+def test_router_pow2_selects_rays_default_router(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVN_CHECKPOINT", raising=False)
+    (app,) = load(SERVE_CONFIG)["applications"]
+    application = build({**app["args"], "router": "pow2"})
+    engine = application._bound_deployment.init_args[0]._bound_deployment
+    config = engine._deployment_config.request_router_config
+    assert config.request_router_class == "server.ray.router:PowerOfTwoRouter"
+    assert config.request_router_kwargs == {}
+    from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter
+
+    from server.ray.router import PowerOfTwoRouter
+
+    assert issubclass(PowerOfTwoRouter, PowerOfTwoChoicesRequestRouter)

@@ -14,6 +14,7 @@ from server.ray.launch import local_share
         ["serve", "--replicas", "2"],
         ["serve", "--address", "ray://head:10001"],
         ["serve", "--ray", "--replicas", "0"],
+        ["serve", "--router", "pow2"],
     ],
 )
 def test_ray_flags_refused(argv: list[str], caplog: pytest.LogCaptureFixture) -> None:
