@@ -109,6 +109,9 @@ def rank_replicas(
     return [name for *_, name in ranked]
 
 
+EARLY_KEPT = 1024  # completions seen before their routing, kept until this many
+
+
 class BudgetRouter(FIFOMixin, RequestRouter):
     """Ray Serve ``RequestRouter`` (set with ``RequestRouterConfig(request_router_class=
     "server.ray.router:BudgetRouter")``); ``request_router_kwargs``: ``stale_after_s``."""
@@ -117,6 +120,9 @@ class BudgetRouter(FIFOMixin, RequestRouter):
         self.stale_after_s = float(kwargs.get("stale_after_s", STALE_AFTER_S))
         self._sent: dict[ReplicaID, deque[float]] = {}
         self._outstanding: dict[tuple[ReplicaID, str], float] = {}
+        # Ray may report a request completed before it reports it routed (its completion
+        # callback is registered before the replica accepts): those are not outstanding.
+        self._completed_early: dict[tuple[ReplicaID, str], float] = {}
         self.fallbacks = 0  # requests routed by power of two choices
 
     async def choose_replicas(
@@ -150,16 +156,27 @@ class BudgetRouter(FIFOMixin, RequestRouter):
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any
     ) -> None:
+        key = (replica_id, pending_request.metadata.internal_request_id)
+        if self._completed_early.pop(key, None) is not None:
+            return  # already answered: never outstanding
         now = time.time()
-        sent = self._sent.setdefault(replica_id, deque())
-        sent.append(now)
-        rid = pending_request.metadata.internal_request_id
-        self._outstanding[(replica_id, rid)] = now
+        self._sent.setdefault(replica_id, deque()).append(now)
+        self._outstanding[key] = now
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        at = self._outstanding.pop((replica_id, internal_request_id), None)
+        key = (replica_id, internal_request_id)
+        at = self._outstanding.pop(key, None)
+        if at is None:
+            now = time.time()
+            self._completed_early[key] = now
+            if len(self._completed_early) > EARLY_KEPT:  # completions never routed: forget
+                cutoff = now - 60.0
+                self._completed_early = {
+                    k: t for k, t in self._completed_early.items() if t > cutoff
+                }
+            return
         sent = self._sent.get(replica_id)
-        if at is not None and sent is not None:
+        if sent is not None:
             with contextlib.suppress(ValueError):  # gone with its replica
                 sent.remove(at)
 
