@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.http.serving import DrainingServer
     from server.launcher import Supervisor, default_workers
     from server.logs import SERVER, configure_logging
-    from server.settings import load_settings
+    from server.settings import load_settings, retired_in_use
 
     settings = load_settings(
         checkpoint=args.checkpoint,
@@ -91,6 +91,10 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     configure_logging(settings.log_level, settings.log_json)
+    for where, why in retired_in_use():
+        SERVER.warning(
+            "retired setting ignored: remove it", extra={"fields": {"setting": where, "why": why}}
+        )
     if not args.ray and (args.replicas is not None or args.address is not None):
         SERVER.error("--replicas and --address go with --ray")
         return 2

@@ -89,7 +89,6 @@ class Engine:
             arriving=lambda: self.arriving,
             on_batch=self._batch_done,
             inline_s=settings.inline_forward_ms / 1e3,
-            express_s=settings.express_forward_ms / 1e3,
             clock=clock,
         )
         self.forecast = Forecaster(profile, self.batcher, settings)
@@ -399,5 +398,5 @@ class Engine:
         entry = self.tasks[event.task].levels[event.level - 1]
         self.metrics.batch_done(
             task=event.task, level=event.level, units=entry.units, examples=event.examples,
-            seconds=event.seconds, express=event.express,
+            seconds=event.seconds,
         )  # fmt: skip

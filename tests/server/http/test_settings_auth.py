@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from server.engine.runtime import default_torch_threads
-from server.settings import Settings, SettingsError, load_settings, standard_checkpoint
+from server.settings import (
+    RETIRED,
+    Settings,
+    SettingsError,
+    load_settings,
+    retired_in_use,
+    standard_checkpoint,
+)
 from tests.conftest import AppClient, ServeFactory
 from tests.server.helpers import error_of, example
 
@@ -81,6 +88,20 @@ def test_flags_override_the_environment(env: pytest.MonkeyPatch) -> None:
     assert (s.port, s.max_batch_size, s.host) == (9000, 16, "127.0.0.1")
     assert load_settings(api_keys=[KEY]).api_keys == [KEY]
     assert load_settings(api_keys=f"{KEY},{OTHER}").api_keys == [KEY, OTHER]
+
+
+@pytest.mark.parametrize("name", sorted(RETIRED))
+def test_a_retired_setting_is_ignored_and_named(env: pytest.MonkeyPatch, name: str) -> None:
+    """A deployment that still sets a retired variable starts (the value is not read) and
+    is told which one to remove; code that passes it by name is refused."""
+    variable, flag = f"DVN_{name.upper()}", f"--{name.replace('_', '-')}"
+    env.setenv(variable, "3")
+    assert load_settings() == Settings()
+    assert retired_in_use() == [(variable, RETIRED[name])]
+    assert retired_in_use({}, **{name: 3.0}) == [(flag, RETIRED[name])]
+    assert retired_in_use({}, **{name: None}) == []
+    with pytest.raises(SettingsError, match="Extra inputs are not permitted"):
+        load_settings(**{name: 3.0})
 
 
 def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
