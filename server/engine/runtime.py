@@ -60,7 +60,6 @@ class Runtime:
     service: Engine | None = None
     ready: bool = False
     warmup: asyncio.Task[None] | None = None
-    lag_watch: asyncio.Task[None] | None = None
     failed: str | None = None  # why warm-up failed; the server then never turns ready
     started: float = field(default_factory=time.time)  # tells a restarted engine apart
     clock: Clock = time.perf_counter  # the engine's (tests drive one instead of sleeping)
@@ -100,18 +99,6 @@ class Runtime:
         )
         self.service.batcher.start()
         self.warmup = asyncio.create_task(self._warm_up(), name="dvn-warmup")
-        self.lag_watch = asyncio.create_task(self._watch_loop_lag(), name="dvn-loop-lag")
-
-    async def _watch_loop_lag(self, interval_s: float = 0.01) -> None:
-        """Keep ``service.forecast.loop_lag_s`` current: how late a sleep wakes."""
-        assert self.service is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(interval_s)
-            lag = max(0.0, loop.time() - start - interval_s)
-            forecast = self.service.forecast
-            forecast.loop_lag_s = 0.8 * forecast.loop_lag_s + 0.2 * lag
 
     async def _warm_up(self) -> None:
         assert self.service is not None and self.checkpoint is not None
@@ -192,8 +179,6 @@ class Runtime:
         """Drain (see :meth:`drain`), then stop the batcher and the executor."""
         if self.warmup is not None and not self.warmup.done():
             self.warmup.cancel()
-        if self.lag_watch is not None:
-            self.lag_watch.cancel()
         if self.service is None:
             return
         await self.drain()
