@@ -45,7 +45,6 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="examples per forward")
-    max_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
     max_queue_size: int = Field(default=256, ge=1, description="requests per (task, level) queue")
     max_inflight: int = Field(
         default=512,
@@ -103,6 +102,9 @@ class Settings(BaseSettings):
 # behaviour each tuned is gone, so no value of it can be honoured; a deployment that still
 # sets one starts as before, and ``dvn serve`` logs a warning naming it.
 RETIRED: dict[str, str] = {
+    "max_batch_delay_ms": "a batch closes as soon as the executor is free: the engine cannot "
+    "see requests on their way to it, and waiting for more lowered throughput and raised "
+    "latency (docs/decisions.md, batch closing)",
     "express_forward_ms": "the express lane (a second forward beside a running one) is gone: "
     "on the engine process it almost never ran and did not raise effective accuracy "
     "(docs/decisions.md)",

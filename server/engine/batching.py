@@ -1,19 +1,17 @@
 """Per-level queues and the batcher (Ray Serve's pattern: one future per request, a batch
-closed by size or delay, outputs checked against inputs, a failed batch failing only its
-own futures).
+closed by size, outputs checked against inputs, a failed batch failing only its own
+futures).
 
 One queue per (task, level); one scheduler loop feeds the executor, serving the most
 urgent queue first: earliest deadline first, a request without a latency budget counting
 as due ``NO_BUDGET_YIELD_S`` after it was queued (it yields to budgeted ones that long,
-and no longer). A batch closes at ``max_batch_size`` examples, at ``max_batch_delay``
-after its head arrived, at once when no other request is on its way in (waiting then
-would only add latency), and never later than a queued request must start to meet its
-deadline. One forward runs at a time. At dequeue every request with a latency deadline is
-re-checked:
-one whose deadline has passed is never computed (504); one that its level can no longer
-answer in time moves to the largest smaller level that can (``on_miss=degrade``; level 1
-when none can) or fails with 504 (``on_miss=reject``); a request whose client went away is
-dropped uncomputed.
+and no longer). One forward runs at a time, and a batch closes as soon as the executor is
+free: it holds what queued while the last forward ran, up to ``max_batch_size`` examples
+(waiting for more only added latency: docs/decisions.md, batch closing). At dequeue every
+request with a latency deadline is re-checked: one whose deadline has passed is never
+computed (504); one that its level can no longer answer in time moves to the largest
+smaller level that can (``on_miss=degrade``; level 1 when none can) or fails with 504
+(``on_miss=reject``); a request whose client went away is dropped uncomputed.
 """
 
 from __future__ import annotations
@@ -42,8 +40,6 @@ class Batcher:
         profile: LatencyProfile,
         *,
         max_batch_size: int,
-        max_batch_delay_s: float,
-        arriving: Callable[[], int],
         on_batch: Callable[[BatchEvent], None],
         inline_s: float = 0.0,
         clock: Clock = time.perf_counter,
@@ -52,12 +48,10 @@ class Batcher:
         self.clock = clock  # deadlines, delays and predicted ends are on it
         self.profile = profile
         self.max_batch_size = max_batch_size
-        self.max_batch_delay_s = max_batch_delay_s
-        self._arriving = arriving  # requests admitted but not yet queued
         self._on_batch = on_batch
         # Forwards predicted at most this long run on the loop's thread when nothing else
-        # is queued or on its way in: the hand-off to the executor thread and back costs
-        # more than they do, and the loop has nothing else to do meanwhile.
+        # is queued or running: the hand-off to the executor thread and back costs more
+        # than they do, and the loop has nothing else to do meanwhile.
         self.inline_s = inline_s
         self.queues: dict[LevelKey, deque[Pending]] = {}
         self.queued_examples: dict[LevelKey, int] = {}
@@ -140,46 +134,14 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            key = self._most_urgent()
-            if key is None:
-                await self._sleep(None)
+            key = self._most_urgent() if self._running is None else None
+            if key is None:  # a forward is running, or nothing is queued
+                self._wake.clear()
+                await self._wake.wait()  # until something is queued or the forward ends
                 continue
-            if self._running is None:
-                if not await self._fill(key):
-                    continue  # another queue became more urgent meanwhile
-                batch = self._take(key)
-                if batch:
-                    self._start(key, batch)
-                continue
-            await self._sleep(None)
-
-    async def _sleep(self, timeout: float | None) -> None:
-        """Until something is queued or a forward ends, or ``timeout`` seconds pass."""
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
-
-    async def _fill(self, key: LevelKey) -> bool:
-        """Wait, at most until the head's delay runs out and never past the time a queued
-        request must start to meet its deadline, while the batch is not full and more
-        requests are on their way in. False: another queue became the most urgent."""
-        queue = self.queues[key]
-        close_at = queue[0].enqueued + self.max_batch_delay_s
-        while self.queued_examples[key] < self.max_batch_size and self._arriving() > 0:
-            # Never wait into a queued request's slack: it must still start in time.
-            n = self.queued_examples[key]
-            start_by = min(self.urgency(p) for p in queue) - self.profile.forward_s(key, n + 1)
-            remaining = min(close_at, start_by) - self.clock()
-            if remaining <= 0:
-                return True
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
-                return True
-            if self._most_urgent() != key:
-                return False
-        return True
+            batch = self._take(key)
+            if batch:
+                self._start(key, batch)
 
     def _take(self, key: LevelKey) -> list[Pending]:
         """Pop up to ``max_batch_size`` examples of whole requests, triaging each."""
@@ -252,7 +214,7 @@ class Batcher:
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         started = self.clock()
         expected = self.profile.forward_s(key, int(inputs.shape[0]))
-        idle = self._arriving() == 0 and not self.total_queued() and self._running is None
+        idle = not self.total_queued() and self._running is None
         if idle and 0 < expected <= self.inline_s:  # 0: not profiled, cost unknown
             forward: asyncio.Future[tuple[np.ndarray, float]] = (
                 asyncio.get_running_loop().create_future()

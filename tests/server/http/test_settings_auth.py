@@ -45,7 +45,7 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
         "auto",
         standard_checkpoint(),
     )
-    assert (s.max_batch_size, s.max_batch_delay_ms, s.max_queue_size) == (32, 2.0, 256)
+    assert (s.max_batch_size, s.max_queue_size, s.inline_forward_ms) == (32, 256, 1.0)
     assert (s.max_request_batch, s.max_body_bytes, s.max_image_pixels) == (64, 8 * 1024 * 1024, 16_000_000)  # fmt: skip
     assert (s.api_keys, s.protect_health, s.protect_metrics) == ([], False, False)
     assert (s.log_json, s.log_level, s.profile_iters, s.torch_threads) == (False, "info", 3, None)
@@ -58,7 +58,7 @@ def test_environment(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "DVN_PORT": "8080",
         "DVN_DEVICE": "cuda:1",
         "DVN_MAX_BATCH_SIZE": "16",
-        "DVN_MAX_BATCH_DELAY_MS": "0.5",
+        "DVN_INLINE_FORWARD_MS": "0.5",
         "DVN_MAX_QUEUE_SIZE": "10",
         "DVN_API_KEYS": f" {KEY}, {OTHER},, ",
         "DVN_PROTECT_HEALTH": "true",
@@ -70,7 +70,7 @@ def test_environment(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         env.setenv(name, value)
     s = load_settings()
     assert (s.checkpoint, s.host, s.port, s.device) == (tmp_path, "0.0.0.0", 8080, "cuda:1")
-    assert (s.max_batch_size, s.max_batch_delay_ms, s.max_queue_size) == (16, 0.5, 10)
+    assert (s.max_batch_size, s.max_queue_size, s.inline_forward_ms) == (16, 10, 0.5)
     assert s.api_keys == [KEY, OTHER]
     assert (s.protect_health, s.protect_metrics, s.log_json, s.log_level) == (
         True,
@@ -123,7 +123,7 @@ def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
         ({"DVN_DEVICE": "cuda:x"}, {}, "DVN_DEVICE='cuda:x': Value error, must be auto, cpu, cuda or cuda:N"),
         ({}, {"log_level": "verbose"}, "--log-level='verbose': Input should be 'debug', 'info', 'warning' or 'error'"),
         ({"DVN_PROTECT_HEALTH": "maybe"}, {}, "DVN_PROTECT_HEALTH='maybe': Input should be a valid boolean, unable to interpret input"),
-        ({"DVN_MAX_BATCH_DELAY_MS": "-1"}, {}, "DVN_MAX_BATCH_DELAY_MS='-1': Input should be greater than or equal to 0"),
+        ({"DVN_INLINE_FORWARD_MS": "-1"}, {}, "DVN_INLINE_FORWARD_MS='-1': Input should be greater than or equal to 0"),
         ({}, {"max_body_bytes": 10}, "--max-body-bytes=10: Input should be greater than or equal to 1024"),
         ({}, {"profile_iters": 0}, "--profile-iters=0: Input should be greater than or equal to 1"),
         ({}, {"colour": "red"}, "--colour='red': Extra inputs are not permitted"),
