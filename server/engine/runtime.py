@@ -186,15 +186,16 @@ class Runtime:
         self.service.executor.shutdown()
 
 
-def default_torch_threads(device: torch.device) -> int | None:
-    """Intra-op threads when ``DVN_TORCH_THREADS`` is not set: on a CPU, one core fewer
-    than there are, so that the event loop (HTTP, decoding, batching) keeps a core while a
-    forward runs; measured on 2 cores, 1 thread answered more requests, sooner, than
-    torch's default of 2 (docs/decisions.md). Elsewhere torch's default (``None``)."""
+def default_torch_threads(device: torch.device, frontends: int = 1) -> int | None:
+    """The engine's intra-op threads when ``DVN_TORCH_THREADS`` is not set: on a CPU, the
+    cores its ``frontends`` HTTP front ends leave, at least one (``dvn serve`` passes its
+    ``--workers``; an engine in the front end's own process, ``--workers 0``, counts that
+    one; so does a Ray replica, beside its HTTP proxy); the A/B is in docs/decisions.md.
+    Elsewhere torch's default (``None``)."""
     if device.type != "cpu":
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+    return max(1, (cores or 1) - max(1, frontends))
 
 
 def engine_status(runtime: Runtime) -> dict[str, Any]:

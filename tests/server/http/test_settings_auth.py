@@ -343,13 +343,18 @@ async def test_json_logs(serve: ServeFactory, capsys: pytest.CaptureFixture[str]
     assert all(set(d) >= {"time", "severity", "logger", "message"} for d in docs)
 
 
-@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (16, 15)])
-def test_torch_threads_default_leaves_the_event_loop_a_core(
-    monkeypatch: pytest.MonkeyPatch, cores: int, expected: int
+@pytest.mark.parametrize(
+    ("cores", "frontends", "expected"),
+    [(1, 1, 1), (2, 1, 1), (16, 1, 15), (16, 8, 8), (2, 2, 1), (4, 0, 3)],
+)
+def test_torch_threads_default_leaves_the_front_ends_their_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, frontends: int, expected: int
 ) -> None:
+    """One rule for ``dvn serve`` (its front ends) and an engine in process (one front end):
+    the cores left, at least one."""
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
-    assert default_torch_threads(torch.device("cpu")) == expected
-    assert default_torch_threads(torch.device("cuda")) is None  # torch's own default there
+    assert default_torch_threads(torch.device("cpu"), frontends) == expected
+    assert default_torch_threads(torch.device("cuda"), frontends) is None  # torch's own
 
 
 async def test_unset_torch_threads_takes_the_default(serve: Any) -> None:
