@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         ge=0,
         le=100,
         description="a forward predicted to take at most this long runs on the event loop's "
-        "thread when no other request is queued or arriving (no thread hand-off); 0: never",
+        "thread when no other request is queued and no forward runs (no thread hand-off); 0: never",
     )
     level_plans: bool = Field(
         default=True,
