@@ -54,8 +54,16 @@ def oip_json() -> bytes:
 BODIES = {
     "png": ("/infer/digits", "image/png", (ROOT / "examples" / "digit.png").read_bytes()),
     "jpeg": ("/infer/digits", "image/jpeg", jpeg()),
-    "npy": ("/infer/digits", "application/x-npy", (ROOT / "examples" / "demo" / "digit.npy").read_bytes()),
-    "json": ("/infer/digits", "application/json", (ROOT / "examples" / "demo" / "digit.json").read_bytes()),
+    "npy": (
+        "/infer/digits",
+        "application/x-npy",
+        (ROOT / "examples" / "demo" / "digit.npy").read_bytes(),
+    ),
+    "json": (
+        "/infer/digits",
+        "application/json",
+        (ROOT / "examples" / "demo" / "digit.json").read_bytes(),
+    ),
     "oip": ("/v2/models/digits/infer", "application/json", oip_json()),
 }
 
