@@ -21,6 +21,8 @@ EXAMPLES = """examples:
   dvn bench refusal                             # CPU of a refusal vs an answer, per process
   dvn bench scale                               # Ray Serve: overhead, 1 vs 2 replicas, routers
   dvn bench scale --duration 3 --clients 4 --slow-ms 50
+  dvn bench pairs                               # the fast paths kept, vs what they replace
+  dvn bench pairs --parts inline --rounds 6
   dvn bench overload --budget 20ms --duration 2 --server-args "--workers 2"
   dvn bench soak --requests 20000 --concurrency 8 --budget-mix "none:1,5ms:1"
 
@@ -187,6 +189,22 @@ def register(sub: Any) -> None:
     )
     sc.add_argument("--quiet", action="store_true", help="no progress lines")
     sc.set_defaults(handler=_scale)
+
+    pa = which.add_parser(
+        "pairs",
+        help="the single-process fast paths the split kept, side by side with what they replace",
+    )
+    pa.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
+    pa.add_argument("--out", default="bench/results", help="where to write pairs.json/.md")
+    pa.add_argument(
+        "--parts", default="frontend,inline,threads", help="which pairs (default: all three)"
+    )
+    pa.add_argument("--rounds", type=int, default=4, help="interleaved rounds (4)")
+    pa.add_argument(
+        "--requests", type=int, default=1500, help="requests per variant and round (1500)"
+    )
+    pa.add_argument("--clients", type=int, default=64, help="closed-loop clients (64)")
+    pa.set_defaults(handler=_pairs)
 
     al = which.add_parser("all", help="every benchmark, then docs/benchmarks.md")
     _common_args(al)
@@ -385,6 +403,23 @@ def _refusal(args: argparse.Namespace) -> int:
 
     data = run(args.out, checkpoint=args.checkpoint, requests=args.requests, clients=args.clients)
     print(json.dumps(data["cpu_us_per_request"], indent=2))
+    return 0
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    from bench.pairs import run
+
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    run(
+        args.out,
+        parts=parts,
+        checkpoint=args.checkpoint,
+        rounds=args.rounds,
+        requests=args.requests,
+        clients=args.clients,
+    )
+    with open(f"{args.out}/pairs.md") as report:
+        print(report.read(), end="")
     return 0
 
 

@@ -34,9 +34,8 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--max-batch-size", type=int, help="examples per forward (default 32)")
-    p.add_argument(
-        "--max-batch-delay-ms", type=float, help="longest wait to fill a batch (default 2)"
-    )
+    # retired: accepted, ignored with a warning (server/settings.py, RETIRED)
+    p.add_argument("--max-batch-delay-ms", type=float, help=argparse.SUPPRESS)
     p.add_argument("--max-queue-size", type=int, help="requests per level queue (default 256)")
     p.add_argument(
         "--max-inflight", type=int, help="inference requests handled at once (default 512)"
@@ -83,7 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.http.serving import DrainingServer
     from server.launcher import Supervisor, default_workers
     from server.logs import SERVER, configure_logging
-    from server.settings import load_settings
+    from server.settings import load_settings, retired_in_use
 
     settings = load_settings(
         checkpoint=args.checkpoint,
@@ -91,7 +90,6 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         device=args.device,
         max_batch_size=args.max_batch_size,
-        max_batch_delay_ms=args.max_batch_delay_ms,
         max_queue_size=args.max_queue_size,
         max_inflight=args.max_inflight,
         drain_timeout_s=args.drain_timeout_s,
@@ -99,6 +97,10 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     configure_logging(settings.log_level, settings.log_json)
+    for where, why in retired_in_use(max_batch_delay_ms=args.max_batch_delay_ms):
+        SERVER.warning(
+            "retired setting ignored: remove it", extra={"fields": {"setting": where, "why": why}}
+        )
     if not args.ray and (args.replicas, args.address, args.router) != (None, None, None):
         SERVER.error("--replicas, --address and --router go with --ray")
         return 2

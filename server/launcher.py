@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from server.engine.runtime import FINAL_GRACE_S
+from server.engine.runtime import FINAL_GRACE_S, default_torch_threads, pick_device
 from server.logs import SERVER
 from server.settings import Settings
 
@@ -45,15 +45,6 @@ def default_workers(device: str) -> int:
     if device.startswith("cuda"):
         return max(1, cores - 1)
     return max(1, cores // 2)
-
-
-def engine_threads(device: str, workers: int) -> int | None:
-    """Torch threads of the engine when DVN_TORCH_THREADS is not set: on a CPU, the cores
-    the front ends leave (at least one); elsewhere torch's default."""
-    if device.startswith("cuda"):
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - workers)
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
@@ -133,7 +124,7 @@ class Supervisor:
         address = f"ipc://{workdir / 'engine.sock'}"
         engine_settings = s
         if s.torch_threads is None:
-            threads = engine_threads(s.device, self.workers)
+            threads = default_torch_threads(pick_device(s.device), self.workers)
             if threads is not None:
                 engine_settings = s.model_copy(update={"torch_threads": threads})
         base_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}

@@ -96,11 +96,6 @@ class Metrics:
             "Measured minus predicted latency of recent budgeted requests: quantile q.",
             ["task", "level", "q"], registry=r,
         )  # fmt: skip
-        self.express_forwards = Counter(
-            "dvn_express_forwards",
-            "Forwards run on the express lane (beside a running forward, for a deadline).",
-            ["task", "level"], registry=r,
-        )  # fmt: skip
         self.batch_failures = Counter(
             "dvn_batch_failures", "Batches whose forward failed.", ["task", "level"], registry=r
         )
@@ -141,7 +136,6 @@ class Metrics:
         for task, level in levels:
             lv = str(level)
             self.queue_capacity.labels(task, lv).set(queue_capacity)
-            self.express_forwards.labels(task, lv)
             self.queue_depth.labels(task, lv).set(0)
             # Zero series up front so rate() and the dashboards see them from the start.
             for outcome in OUTCOMES:
@@ -186,12 +180,9 @@ class Metrics:
         units: Iterable[int],
         examples: int,
         seconds: float,
-        express: bool = False,
     ) -> None:
         lv = str(level)
         self._child(self.compute, task, lv).observe(seconds)
-        if express:
-            self._child(self.express_forwards, task, lv).inc()
         self._child(self.batch_size, task, lv).observe(examples)
         for unit in units:
             self._child(self.unit_examples, str(unit)).inc(examples)

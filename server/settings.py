@@ -3,7 +3,9 @@ validated at start with messages that name the variable and how to fix it."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,7 +45,6 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="examples per forward")
-    max_batch_delay_ms: float = Field(default=2.0, ge=0, le=1000)
     max_queue_size: int = Field(default=256, ge=1, description="requests per (task, level) queue")
     max_inflight: int = Field(
         default=512,
@@ -73,15 +74,7 @@ class Settings(BaseSettings):
         ge=0,
         le=100,
         description="a forward predicted to take at most this long runs on the event loop's "
-        "thread when no other request is queued or arriving (no thread hand-off); 0: never",
-    )
-    express_forward_ms: float = Field(
-        default=3.0,
-        ge=0,
-        le=1000,
-        description="while a forward runs, a forward predicted to take at most this long may "
-        "run beside it on a second thread when its deadline could not wait; 0: one forward at "
-        "a time",
+        "thread when no other request is queued and no forward runs (no thread hand-off); 0: never",
     )
     level_plans: bool = Field(
         default=True,
@@ -108,6 +101,33 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
+
+
+# Settings that are no longer read, and why (docs/configuration.md, "Retired settings"). The
+# behaviour each tuned is gone, so no value of it can be honoured; a deployment that still
+# sets one starts as before, and ``dvn serve`` logs a warning naming it.
+RETIRED: dict[str, str] = {
+    "max_batch_delay_ms": "a batch closes as soon as the executor is free: the engine cannot "
+    "see requests on their way to it, and waiting for more lowered throughput and raised "
+    "latency (docs/decisions.md, batch closing)",
+    "express_forward_ms": "the express lane (a second forward beside a running one) is gone: "
+    "on the engine process it almost never ran and did not raise effective accuracy "
+    "(docs/decisions.md)",
+}
+
+
+def retired_in_use(environ: Mapping[str, str] | None = None, **flags: Any) -> list[tuple[str, str]]:
+    """(where, why) of every retired setting given: as a ``DVN_`` variable in ``environ``
+    (default: the process's) or as a flag in ``flags`` (name: value; None is not given)."""
+    environ = os.environ if environ is None else environ
+    found = []
+    for name, why in RETIRED.items():
+        variable = f"DVN_{name.upper()}"
+        if variable in environ:
+            found.append((variable, why))
+        if flags.get(name) is not None:
+            found.append((f"--{name.replace('_', '-')}", why))
+    return found
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -152,10 +152,8 @@ async def serve(
             if forward_wrapper is not None:
                 # A wrapped forward may block until the test releases it: on the event
                 # loop's thread that would stall the test itself, and a request queued
-                # behind it must stay queued. Tests of inline forwards and of the express
-                # lane ask for them.
+                # behind it must stay queued. Tests of inline forwards ask for them.
                 overrides.setdefault("inline_forward_ms", 0.0)
-                overrides.setdefault("express_forward_ms", 0.0)
             app = create_app(
                 server_settings(tiny_checkpoint, **overrides),
                 forward_wrapper=forward_wrapper,

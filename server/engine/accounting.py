@@ -68,5 +68,5 @@ class Accounting:
         entry = self.tasks[event.task].levels[event.level - 1]
         self.metrics.batch_done(
             task=event.task, level=event.level, units=entry.units, examples=event.examples,
-            seconds=event.seconds, express=event.express,
+            seconds=event.seconds,
         )  # fmt: skip

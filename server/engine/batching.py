@@ -1,29 +1,23 @@
 """Per-level queues and the batcher (Ray Serve's pattern: one future per request, a batch
-closed by size or delay, outputs checked against inputs, a failed batch failing only its
-own futures).
+closed by size, outputs checked against inputs, a failed batch failing only its own
+futures).
 
 One queue per (task, level); one scheduler loop feeds the executor, serving the most
 urgent queue first: earliest deadline first, a request without a latency budget counting
 as due ``NO_BUDGET_YIELD_S`` after it was queued (it yields to budgeted ones that long,
-and no longer). A batch closes at ``max_batch_size`` examples, at ``max_batch_delay``
-after its head arrived, at once when no other request is on its way in (waiting then
-would only add latency), and never later than a queued request must start to meet its
-deadline. One forward runs at a time on the main lane; while it runs, the most urgent
-queue, if its head would miss its deadline waiting for that forward and would not on the
-express lane, runs there as a batch predicted within ``express_s`` (a non-preemptive
-scheduler's answer to head-of-line blocking: a tight level-1 request need not wait for a
-large level's forward). At dequeue every request with a latency deadline is re-checked:
-one whose deadline has passed is never computed (504); one that its level can no longer
-answer in time moves to the largest smaller level that can (``on_miss=degrade``; level 1
-when none can) or fails with 504 (``on_miss=reject``); a request whose client went away is
-dropped uncomputed.
+and no longer). One forward runs at a time, and a batch closes as soon as the executor is
+free: it holds what queued while the last forward ran, up to ``max_batch_size`` examples
+(waiting for more only added latency: docs/decisions.md, batch closing). At dequeue every
+request with a latency deadline is re-checked: one whose deadline has passed is never
+computed (504); one that its level can no longer answer in time moves to the largest
+smaller level that can (``on_miss=degrade``; level 1 when none can) or fails with 504
+(``on_miss=reject``); a request whose client went away is dropped uncomputed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,32 +40,23 @@ class Batcher:
         profile: LatencyProfile,
         *,
         max_batch_size: int,
-        max_batch_delay_s: float,
-        arriving: Callable[[], int],
         on_batch: Callable[[BatchEvent], None],
         inline_s: float = 0.0,
-        express_s: float = 0.0,
         clock: Clock = time.perf_counter,
     ) -> None:
         self.executor = executor
         self.clock = clock  # deadlines, delays and predicted ends are on it
         self.profile = profile
         self.max_batch_size = max_batch_size
-        self.max_batch_delay_s = max_batch_delay_s
-        self._arriving = arriving  # requests admitted but not yet queued
         self._on_batch = on_batch
         # Forwards predicted at most this long run on the loop's thread when nothing else
-        # is queued or on its way in: the hand-off to the executor thread and back costs
-        # more than they do, and the loop has nothing else to do meanwhile.
+        # is queued or running: the hand-off to the executor thread and back costs more
+        # than they do, and the loop has nothing else to do meanwhile.
         self.inline_s = inline_s
         self.queues: dict[LevelKey, deque[Pending]] = {}
         self.queued_examples: dict[LevelKey, int] = {}
-        self.busy_until = 0.0  # predicted end of the main lane's forward running now
-        # A forward predicted at most this long may run on the express lane while the main
-        # lane is busy, when its deadline could not wait (0: off).
-        self.express_s = express_s
-        # the forwards running now, by lane
-        self._lanes: dict[str, asyncio.Future[tuple[np.ndarray, float]]] = {}
+        self.busy_until = 0.0  # predicted end of the forward running now
+        self._running: asyncio.Future[tuple[np.ndarray, float]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -149,85 +134,18 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            key = self._most_urgent()
-            if key is None:
-                await self._sleep(None)
+            key = self._most_urgent() if self._running is None else None
+            if key is None:  # a forward is running, or nothing is queued
+                self._wake.clear()
+                await self._wake.wait()  # until something is queued or the forward ends
                 continue
-            if "main" not in self._lanes:
-                if not await self._fill(key):
-                    continue  # another queue became more urgent meanwhile
-                batch = self._take(key)
-                if batch:
-                    self._start(key, batch, "main")
-                continue
-            express = self._express_in(key)
-            if express is not None and express[0] <= 0:
-                batch = self._take(key, express[1])
-                if batch:
-                    self._start(key, batch, "express")
-                continue
-            await self._sleep(None if express is None else express[0])
+            batch = self._take(key)
+            if batch:
+                self._start(key, batch)
 
-    async def _sleep(self, timeout: float | None) -> None:
-        """Until something is queued or a forward ends, or ``timeout`` seconds pass."""
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
-
-    def _express_examples(self, key: LevelKey) -> int:
-        """The most examples of ``key``'s queue one express forward may take: as many as
-        fit in ``express_s`` (at least one request)."""
-        n = min(self.queued_examples[key], self.max_batch_size)
-        while n > 1 and self.profile.forward_s(key, n) > self.express_s:
-            n -= 1
-        return n
-
-    def _express_in(self, key: LevelKey) -> tuple[float, int] | None:
-        """When the head of ``key``'s queue must go to the express lane, in seconds from now
-        (0: now), and how many examples that forward takes: when waiting for the main
-        lane's forward to end would miss its deadline and the express lane, free, would
-        not. None: not a case for the express lane (busy, off, a forward too long for it,
-        or no deadline it could save)."""
-        if "express" in self._lanes or self.express_s <= 0:
-            return None
-        n = self._express_examples(key)
-        forward = self.profile.forward_s(key, n)
-        if forward <= 0 or forward > self.express_s:
-            return None
-        due = min(self.urgency(p) for p in itertools.islice(self.queues[key], n))
-        now = self.clock()
-        if now + forward > due:
-            return None  # too late for either lane: triage decides
-        if max(self.busy_until, now) + forward > due:
-            return 0.0, n
-        return due - forward - now, n  # unless the main lane's forward has ended by then
-
-    async def _fill(self, key: LevelKey) -> bool:
-        """Wait, at most until the head's delay runs out and never past the time a queued
-        request must start to meet its deadline, while the batch is not full and more
-        requests are on their way in. False: another queue became the most urgent."""
-        queue = self.queues[key]
-        close_at = queue[0].enqueued + self.max_batch_delay_s
-        while self.queued_examples[key] < self.max_batch_size and self._arriving() > 0:
-            # Never wait into a queued request's slack: it must still start in time.
-            n = self.queued_examples[key]
-            start_by = min(self.urgency(p) for p in queue) - self.profile.forward_s(key, n + 1)
-            remaining = min(close_at, start_by) - self.clock()
-            if remaining <= 0:
-                return True
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
-                return True
-            if self._most_urgent() != key:
-                return False
-        return True
-
-    def _take(self, key: LevelKey, limit: int | None = None) -> list[Pending]:
-        """Pop up to ``limit`` (``max_batch_size``) examples of whole requests, triaging
-        each."""
-        limit = self.max_batch_size if limit is None else limit
+    def _take(self, key: LevelKey) -> list[Pending]:
+        """Pop up to ``max_batch_size`` examples of whole requests, triaging each."""
+        limit = self.max_batch_size
         queue = self.queues[key]
         batch: list[Pending] = []
         size = 0
@@ -290,13 +208,13 @@ class Batcher:
         self.put(pending, front=True)
         return False
 
-    def _start(self, key: LevelKey, batch: list[Pending], lane: str) -> None:
-        """Start ``batch``'s forward on ``lane`` now (no loop iteration in between); on an
-        idle server a forward predicted within ``inline_s`` runs here, on the loop's thread."""
+    def _start(self, key: LevelKey, batch: list[Pending]) -> None:
+        """Start ``batch``'s forward now (no loop iteration in between); on an idle server a
+        forward predicted within ``inline_s`` runs here, on the loop's thread."""
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
         started = self.clock()
         expected = self.profile.forward_s(key, int(inputs.shape[0]))
-        idle = self._arriving() == 0 and not self.total_queued() and not self._lanes
+        idle = not self.total_queued() and self._running is None
         if idle and 0 < expected <= self.inline_s:  # 0: not profiled, cost unknown
             forward: asyncio.Future[tuple[np.ndarray, float]] = (
                 asyncio.get_running_loop().create_future()
@@ -305,18 +223,16 @@ class Batcher:
                 forward.set_result(self.executor.call(batch[0].task_index, key[1], inputs))
             except Exception as e:
                 forward.set_exception(e)
-            self._finish(key, batch, inputs, started, forward, express=False)
+            self._finish(key, batch, inputs, started, forward)
             return
-        if lane == "main":
-            self.busy_until = started + expected
-        forward = self.executor.submit(batch[0].task_index, key[1], inputs, lane)
-        self._lanes[lane] = forward
+        self.busy_until = started + expected
+        forward = self.executor.submit(batch[0].task_index, key[1], inputs)
+        self._running = forward
 
         def done(_: asyncio.Future[tuple[np.ndarray, float]]) -> None:
-            del self._lanes[lane]
-            if lane == "main":
-                self.busy_until = 0.0
-            self._finish(key, batch, inputs, started, forward, express=lane == "express")
+            self._running = None
+            self.busy_until = 0.0
+            self._finish(key, batch, inputs, started, forward)
             self._wake.set()
 
         forward.add_done_callback(done)
@@ -328,8 +244,6 @@ class Batcher:
         inputs: np.ndarray,
         started: float,
         forward: asyncio.Future[tuple[np.ndarray, float]],
-        *,
-        express: bool,
     ) -> None:
         """Hand each request of ``batch`` its rows of the finished ``forward``, or its error:
         a failing batch fails only its own requests."""
@@ -342,9 +256,7 @@ class Batcher:
             if probs.shape[0] != n:
                 raise RuntimeError(f"forward returned {probs.shape[0]} rows for {n} examples")
         except Exception as e:
-            self._on_batch(
-                BatchEvent(task, level, n, self.clock() - started, failed=True, express=express)
-            )
+            self._on_batch(BatchEvent(task, level, n, self.clock() - started, failed=True))
             error = (
                 e
                 if isinstance(e, ServeError)
@@ -358,7 +270,7 @@ class Batcher:
                     p.future.set_exception(error)
             return
         self.profile.record(key, n, seconds)
-        self._on_batch(BatchEvent(task, level, n, seconds, failed=False, express=express))
+        self._on_batch(BatchEvent(task, level, n, seconds, failed=False))
         offset = 0
         for p in batch:
             rows = probs[offset : offset + p.examples]

@@ -22,7 +22,7 @@ from server.engine.admission import Admission, shed_for
 from server.engine.batching import Batcher
 from server.engine.executor import Executor
 from server.engine.forecast import Forecaster
-from server.engine.outcome import Answer, ClientDisconnected, Handling, Ticket
+from server.engine.outcome import Answer, ClientDisconnected, Handling
 from server.engine.pending import Clock, Pending
 from server.engine.profile import LatencyProfile, predict_latency
 from server.engine.selection import (
@@ -71,7 +71,6 @@ class Engine(Accounting):
         self.archives: dict[tuple[str, int], bytes] = {}  # exported levels, built on demand
         self.device = str(next(checkpoint.model.parameters()).device)
         self.inflight = 0
-        self.arriving = 0
         self.draining = False
         self.unit_bytes = unit_param_bytes(checkpoint.model)
         self.param_bytes = sum(
@@ -84,11 +83,8 @@ class Engine(Accounting):
             executor,
             profile,
             max_batch_size=settings.max_batch_size,
-            max_batch_delay_s=settings.max_batch_delay_ms / 1e3,
-            arriving=lambda: self.arriving,
             on_batch=self._batch_done,
             inline_s=settings.inline_forward_ms / 1e3,
-            express_s=settings.express_forward_ms / 1e3,
             clock=clock,
         )
         self.forecast = Forecaster(profile, self.batcher, settings)
@@ -119,7 +115,7 @@ class Engine(Accounting):
 
     # -- admission -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[Ticket]:
+    def admitted(self) -> Iterator[None]:
         """Count a request in for as long as it is handled; refuse it while draining or
         when ``max_inflight`` requests are already being handled.
 
@@ -132,16 +128,12 @@ class Engine(Accounting):
         limit = self.settings.max_inflight
         if self.inflight >= limit:
             raise too_many_inflight(self.inflight, limit)
-        ticket = Ticket()
         self.inflight += 1
-        self.arriving += 1
         self._idle.clear()
         self.metrics.inflight.set(self.inflight)
         try:
-            yield ticket
+            yield
         finally:
-            if not ticket.queued:
-                self.arriving -= 1
             self.inflight -= 1
             self.metrics.inflight.set(self.inflight)
             if self.inflight == 0:
@@ -193,8 +185,8 @@ class Engine(Accounting):
         """
         handling: Handling | None = None
         try:
-            with self.admitted() as ticket:
-                handling = Handling(ticket)
+            with self.admitted():
+                handling = Handling()
                 yield handling
         except ServeError as e:
             self.account(task, None, e, handling.examples if handling is not None else 0)
@@ -240,7 +232,6 @@ class Engine(Accounting):
                 level=request.level,
                 on_miss="reject" if request.on_miss == "reject" else "degrade",
                 arrival=arrival,
-                ticket=handling.ticket,
                 key=key,
             )
             return handling.answer
@@ -265,7 +256,6 @@ class Engine(Accounting):
         level: int | None,
         on_miss: OnMiss,
         arrival: float,
-        ticket: Ticket,
         key: Hashable,
     ) -> Answer:
         examples = int(inputs.shape[0])
@@ -294,8 +284,6 @@ class Engine(Accounting):
             clock=self.clock,
         )
         self.batcher.put(pending)
-        ticket.queued = True
-        self.arriving -= 1
         self.metrics.queued(
             task=task.name, level=selection.level, depth=self.batcher.depth(pending.key)
         )

@@ -1,14 +1,10 @@
-"""The executor: the threads that run forwards, and the start-up latency profile measured
-on them. The main lane runs one forward at a time, so batches do not compete for the
-device; the express lane runs a short forward beside it only when the batcher finds a
-deadline that cannot wait for the main lane's forward to end."""
+"""The executor: the thread that runs forwards, one at a time, so that batches do not
+compete for the device, and the start-up latency profile measured on it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,49 +43,33 @@ def model_forward(model: DVN, device: torch.device, *, plan_bytes: int | None = 
             return out
         return cache.forward(task, level)(x)
 
-    lanes = threading.local()
-
-    def own_stream() -> contextlib.AbstractContextManager[object]:
-        """On a GPU, each executor thread's own CUDA stream, so that an express forward's
-        kernels do not queue behind the main lane's."""
-        if not hasattr(lanes, "stream"):
-            lanes.stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
-        return torch.cuda.stream(lanes.stream)
-
-    # decided once: nothing to enter per forward elsewhere
-    stream = own_stream if device.type == "cuda" else contextlib.nullcontext
-
     def forward(task: int, level: int, inputs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), stream():
+        with torch.inference_mode():
             x = torch.from_numpy(inputs)
             if x.device != device:
                 x = x.to(device, non_blocking=True)
             probs = torch.softmax(run(x, task, level).float(), dim=1)
-            out: np.ndarray = probs.cpu().numpy()  # waits for this thread's stream
+            out: np.ndarray = probs.cpu().numpy()  # waits for the forward's kernels
         return out
 
     return forward
 
 
 class Executor:
-    """Runs forwards on two worker threads: the main lane, and the express lane that the
-    batcher uses only for a short forward whose deadline cannot wait for the main lane's."""
+    """Runs forwards on one worker thread (``dvn-executor``)."""
 
     def __init__(self, forward: ForwardFn) -> None:
         self.forward = forward
-        self._pools = {
-            lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dvn-executor-{lane}")
-            for lane in ("main", "express")
-        }
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvn-executor")
 
     def submit(
-        self, task: int, level: int, inputs: np.ndarray, lane: str = "main"
+        self, task: int, level: int, inputs: np.ndarray
     ) -> asyncio.Future[tuple[np.ndarray, float]]:
-        """Start the forward of ``inputs`` on ``lane``'s thread now; the future gives the
-        probabilities and the forward's wall time in seconds. The caller runs at most one
-        forward per lane at a time."""
+        """Start the forward of ``inputs`` on the executor's thread now; the future gives
+        the probabilities and the forward's wall time in seconds. The caller runs one
+        forward at a time."""
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._pools[lane], self._timed, task, level, inputs)
+        return loop.run_in_executor(self._pool, self._timed, task, level, inputs)
 
     def call(self, task: int, level: int, inputs: np.ndarray) -> tuple[np.ndarray, float]:
         """The same, computed on the calling (event loop's) thread, which it blocks
@@ -131,5 +111,4 @@ class Executor:
         return profile
 
     def shutdown(self) -> None:
-        for pool in self._pools.values():
-            pool.shutdown(wait=True, cancel_futures=False)
+        self._pool.shutdown(wait=True, cancel_futures=False)

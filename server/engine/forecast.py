@@ -1,6 +1,6 @@
 """What each level of a task would cost a request now, as selection sees it: the latency
-profile, the queues ahead, the per-request overhead and the event loop's lag, the recent
-prediction errors (``server.engine.misses``) and the arrival rate (``server.engine.capacity``).
+profile, the queues ahead, the measured per-request overhead, the recent prediction errors
+(``server.engine.misses``) and the arrival rate (``server.engine.capacity``).
 ``server.engine.selection`` decides from these; ``server.engine.core`` keeps them current."""
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ class Forecaster:
         self.batcher = batcher
         self.settings = settings
         self.overhead_s = 0.0005  # non-forward time per request, kept current by the service
-        # How late the event loop runs its callbacks (kept current by Runtime): a busy loop
-        # delays every answer by about that much, outside any queue the batcher sees.
-        self.loop_lag_s = 0.0
         # measured - predicted of recent budgeted requests, by the level selected for them
         self.errors: defaultdict[LevelKey, PredictionErrors] = defaultdict(PredictionErrors)
         self.arrivals = EventRate(clock=clock)  # examples a second, every task
@@ -50,7 +47,7 @@ class Forecaster:
             key,
             examples,
             self.settings.max_batch_size,
-            self.overhead_s + self.loop_lag_s,
+            self.overhead_s,
         )
 
     def predicted_s(self, task: str, level: int) -> float:

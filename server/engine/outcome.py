@@ -1,5 +1,5 @@
-"""What one request carries through the service: its answer, its admission ticket, how a
-front end's handling of it is accounted, and how an error counts in the metrics."""
+"""What one request carries through the engine: its answer, how its handling is accounted,
+and how an error counts in the metrics."""
 
 from __future__ import annotations
 
@@ -43,18 +43,10 @@ class ClientDisconnected(asyncio.CancelledError):
 
 
 @dataclass
-class Ticket:
-    """One admitted request; ``queued`` once it reached a level queue."""
-
-    queued: bool = False
-
-
-@dataclass
 class Handling:
-    """One request as a front end handles it: what :meth:`InferenceService.handling` needs
-    to account for it. The front end sets ``examples`` once decoded and ``answer``."""
+    """One request as the engine handles it: what :meth:`Engine.handling` needs to account
+    for it. ``examples`` is set once the inputs are checked, ``answer`` once answered."""
 
-    ticket: Ticket
     examples: int = 0
     answer: Answer | None = None
 

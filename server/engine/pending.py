@@ -68,4 +68,3 @@ class BatchEvent:
     examples: int
     seconds: float
     failed: bool
-    express: bool = False  # ran on the express lane

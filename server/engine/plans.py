@@ -38,7 +38,7 @@ class PlanCache:
         self.sizes: dict[tuple[int, int], int] = {}  # a plan's bytes, once built
         self.heat: Counter[tuple[int, int]] = Counter()
         self._forwards = 0
-        self._lock = threading.Lock()  # two executor lanes ask at once
+        self._lock = threading.Lock()  # forwards come from more than one thread (warm-up, inline)
 
     @property
     def used_bytes(self) -> int:

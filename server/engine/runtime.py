@@ -60,7 +60,6 @@ class Runtime:
     service: Engine | None = None
     ready: bool = False
     warmup: asyncio.Task[None] | None = None
-    lag_watch: asyncio.Task[None] | None = None
     failed: str | None = None  # why warm-up failed; the server then never turns ready
     started: float = field(default_factory=time.time)  # tells a restarted engine apart
     clock: Clock = time.perf_counter  # the engine's (tests drive one instead of sleeping)
@@ -100,18 +99,6 @@ class Runtime:
         )
         self.service.batcher.start()
         self.warmup = asyncio.create_task(self._warm_up(), name="dvn-warmup")
-        self.lag_watch = asyncio.create_task(self._watch_loop_lag(), name="dvn-loop-lag")
-
-    async def _watch_loop_lag(self, interval_s: float = 0.01) -> None:
-        """Keep ``service.forecast.loop_lag_s`` current: how late a sleep wakes."""
-        assert self.service is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(interval_s)
-            lag = max(0.0, loop.time() - start - interval_s)
-            forecast = self.service.forecast
-            forecast.loop_lag_s = 0.8 * forecast.loop_lag_s + 0.2 * lag
 
     async def _warm_up(self) -> None:
         assert self.service is not None and self.checkpoint is not None
@@ -192,8 +179,6 @@ class Runtime:
         """Drain (see :meth:`drain`), then stop the batcher and the executor."""
         if self.warmup is not None and not self.warmup.done():
             self.warmup.cancel()
-        if self.lag_watch is not None:
-            self.lag_watch.cancel()
         if self.service is None:
             return
         await self.drain()
@@ -201,15 +186,16 @@ class Runtime:
         self.service.executor.shutdown()
 
 
-def default_torch_threads(device: torch.device) -> int | None:
-    """Intra-op threads when ``DVN_TORCH_THREADS`` is not set: on a CPU, one core fewer
-    than there are, so that the event loop (HTTP, decoding, batching) keeps a core while a
-    forward runs; measured on 2 cores, 1 thread answered more requests, sooner, than
-    torch's default of 2 (docs/decisions.md). Elsewhere torch's default (``None``)."""
+def default_torch_threads(device: torch.device, frontends: int = 1) -> int | None:
+    """The engine's intra-op threads when ``DVN_TORCH_THREADS`` is not set: on a CPU, the
+    cores its ``frontends`` HTTP front ends leave, at least one (``dvn serve`` passes its
+    ``--workers``; an engine in the front end's own process, ``--workers 0``, counts that
+    one; so does a Ray replica, beside its HTTP proxy); the A/B is in docs/decisions.md.
+    Elsewhere torch's default (``None``)."""
     if device.type != "cpu":
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+    return max(1, (cores or 1) - max(1, frontends))
 
 
 def engine_status(runtime: Runtime) -> dict[str, Any]:

@@ -111,6 +111,8 @@ def dvn_parameters(parameters: dict[str, Any] | None) -> DvnParameters:
             f'{MAX_BUDGET_CHARS}; a budget is one or two constraints, e.g. "15ms,2MiB"'
         )
     level = given.get("level")
+    if isinstance(level, float) and level.is_integer():
+        level = int(level)  # JSON has one number type: 2.0 is the integer 2 (JSON Schema too)
     if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
         raise InvalidParameter(
             f"parameter level must be an integer (1-based); got {json.dumps(level)}"

@@ -64,7 +64,6 @@ DASHBOARD_METRICS = [
     "dvn_model_param_bytes",
     "dvn_level_ceiling",
     "dvn_prediction_error_seconds",
-    "dvn_express_forwards_total",
 ]
 
 
@@ -204,7 +203,6 @@ def _exposition(n: int) -> str:
         'dvn_level_ceiling{task="digits"} 4',
         f'dvn_prediction_error_seconds{{{_SERIES.format(level=0)},q="0.5"}} 0.001',
         f'dvn_prediction_error_seconds{{{_SERIES.format(level=0)},q="0.95"}} 0.003',
-        f"dvn_express_forwards_total{{{_SERIES.format(level=0)}}} {n}",
         'dvn_model_info{name="demo",version="1",sha256="ab12",device="cpu"} 1',
         "dvn_model_param_bytes 123456",
         'dvn_unit_param_bytes{unit="0"} 1000',

@@ -36,14 +36,7 @@ def server(
     heavy_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("deadlines") / "serve.log"
-    # No express lane: a level-2 forward short enough for it would run beside the slow batch
-    # instead of waiting in the queue under test.
-    env = {
-        "DVN_MAX_BATCH_SIZE": "4",
-        "DVN_TORCH_THREADS": "1",
-        "DVN_MAX_REQUEST_BATCH": "128",
-        "DVN_EXPRESS_FORWARD_MS": "0",
-    }
+    env = {"DVN_MAX_BATCH_SIZE": "4", "DVN_TORCH_THREADS": "1", "DVN_MAX_REQUEST_BATCH": "128"}
     with dvn_serve(heavy_checkpoint, log, env=env) as process:
         yield process
 

@@ -20,7 +20,7 @@ import torch
 
 from bench._process import ROOT, dvn_serve
 from model_store.checkpoint import load
-from server.settings import demo_checkpoint
+from server.settings import RETIRED, demo_checkpoint
 
 DEMO = demo_checkpoint()
 
@@ -39,9 +39,13 @@ def expected_probs(task: str, level: int, x: np.ndarray) -> np.ndarray:
 
 
 def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
+    """Also: every retired setting still in the environment, and the retired flag, are
+    ignored and named in a warning (docs/configuration.md)."""
     rng = np.random.default_rng(0)
     xs = {i: rng.standard_normal((1, 1, 8, 8), dtype=np.float32) for i in range(48)}
-    with dvn_serve(DEMO, tmp_path / "serve.log") as server:
+    retired = {f"DVN_{name.upper()}": "0" for name in RETIRED}
+    flag = ("--max-batch-delay-ms", "2")
+    with dvn_serve(DEMO, tmp_path / "serve.log", *flag, env=retired) as server:
         assert httpx.get(server.url + "/healthz").json() == {"status": "alive"}
 
         async def send_all() -> list[httpx.Response]:
@@ -69,6 +73,8 @@ def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
     for level in range(1, 5):
         line = f'dvn_requests_total{{level="{level}",outcome="ok",task="digits"}} 12.0'
         assert line in metrics
+    for setting in (*retired, flag[0]):
+        assert f"retired setting ignored: remove it setting={setting}" in server.output()
 
 
 async def held(

@@ -164,7 +164,6 @@ FAMILIES = {
     "dvn_level_predicted_latency_seconds": "gauge",
     "dvn_level_ceiling": "gauge",
     "dvn_prediction_error_seconds": "gauge",
-    "dvn_express_forwards": "counter",
     "dvn_model_info": "gauge",  # an Info is a gauge in the Prometheus text format
     "dvn_model_param_bytes": "gauge",
     "dvn_unit_param_bytes": "gauge",

@@ -24,7 +24,7 @@ async def test_loadtest_accounting_matches_the_servers_metrics(serve: ServeFacto
     """One-deep queues and one-example batches at a pinned level: some requests are shed
     with queue_full, and every request the load generator sent is counted once by the
     server."""
-    http = await serve(max_queue_size=1, max_batch_size=1, max_batch_delay_ms=0)
+    http = await serve(max_queue_size=1, max_batch_size=1)
     before = digits_requests((await http.get("/metrics")).text)
     config = LoadTestConfig(
         url="http://test",

@@ -132,7 +132,7 @@ class Threads:
 
 @pytest.mark.parametrize(
     ("inline_ms", "thread"),
-    [(100.0, threading.main_thread().name), (0.0, "dvn-executor-main_0")],
+    [(100.0, threading.main_thread().name), (0.0, "dvn-executor_0")],
 )
 async def test_a_short_forward_on_an_idle_server_runs_on_the_event_loop(
     serve: ServeFactory, reference: Checkpoint, inline_ms: float, thread: str
@@ -170,7 +170,7 @@ async def test_a_forward_with_others_queued_runs_on_the_executor(serve: ServeFac
             recorder.release.set()
         for r in (await held, await first, await second):
             assert r.status_code == 200, r.text
-    executor, loop = "dvn-executor-main_0", threading.main_thread().name
+    executor, loop = "dvn-executor_0", threading.main_thread().name
     assert threads.names == [executor, executor, loop]
 
 
@@ -210,20 +210,17 @@ async def test_a_level_whose_answers_run_late_loses_budgeted_requests(client: Ap
     assert (await client.post("/infer/digits", json=x)).json()["level"] == 4
 
 
-@pytest.mark.parametrize("express_ms", [100.0, 0.0])
-async def test_a_request_that_cannot_wait_runs_beside_a_long_forward(
-    serve: ServeFactory, reference: Checkpoint, express_ms: float
+async def test_one_forward_at_a_time_a_tight_request_waits_for_a_long_forward(
+    serve: ServeFactory, reference: Checkpoint
 ) -> None:
-    """Level 4 predicted at 10 s holds the main lane. A level-1 request due in 5 s cannot
-    wait for it: with the express lane on it is answered meanwhile, on the express thread,
-    and a level-2 request due in 60 s still waits for the main lane; with it off (0) both
-    wait."""
+    """Level 4 predicted at 10 s holds the executor. A level-1 request due in 5 s and a
+    level-2 request due in 60 s both wait for it (no second forward beside it: the express
+    lane is gone, docs/decisions.md); then the tighter one goes first, on the same thread."""
     recorder = Recorder({BLOCK: "block"})
     threads = Threads()
-    client = await serve(
-        forward_wrapper=lambda f: threads(recorder(f)), express_forward_ms=express_ms
-    )
+    client = await serve(forward_wrapper=lambda f: threads(recorder(f)))
     threads.names.clear()
+    recorder.clear()
     with predicted(client, "digits", [4], seconds=10.0):
         try:
             held = post(client, "digits", example("digits", 0, mark=BLOCK), "?level=4")
@@ -231,20 +228,14 @@ async def test_a_request_that_cannot_wait_runs_beside_a_long_forward(
             x = example("digits", 100)
             tight = post(client, "digits", x, "?level=1&budget=5s")
             patient = post(client, "digits", example("digits", 101), "?level=2&budget=60s")
-            if express_ms:
-                answer = await asyncio.wait_for(tight, 10)
-                assert answer.status_code == 200, answer.text
-                check_answer(reference, answer.json(), x[None])
-                assert threads.names[-1] == "dvn-executor-express_0"
-            await wait_until(lambda: batcher(client).total_queued() == (1 if express_ms else 2), 10, "queued")  # fmt: skip
+            await wait_until(lambda: batcher(client).total_queued() == 2, 10, "queued")
             await asyncio.sleep(0.2)
-            assert not patient.done() and tight.done() == bool(express_ms)
+            assert not tight.done() and not patient.done()
         finally:
             recorder.release.set()
-        for r in (await held, await tight, await patient):
+        answers = [await held, await tight, await patient]
+        for r in answers:
             assert r.status_code == 200, r.text
-    main, express = "dvn-executor-main_0", "dvn-executor-express_0"
-    assert threads.names == [main, express if express_ms else main, main]
-    samples = await metrics(client)
-    lane = {lv: sample(samples, "dvn_express_forwards_total", task="digits", level=lv) for lv in "124"}  # fmt: skip
-    assert lane == {"1": 1 if express_ms else 0, "2": 0, "4": 0}
+        check_answer(reference, answers[1].json(), x[None])
+    assert [level for _, level, _ in recorder.batches] == [4, 1, 2]
+    assert threads.names == ["dvn-executor_0"] * 3

@@ -121,6 +121,9 @@ def filled_in(doc: dict[str, Any]) -> dict[str, Any]:
 def fill_in_oip(schema: dict[str, Any], shape: tuple[int, ...]) -> None:
     """The request's tensor for the task: one of its shapes, with exactly as many flat
     elements, each in its datatype's finite range."""
+    for form in schema["properties"]["parameters"].get("anyOf", []):
+        if "level" in form.get("properties", {}):  # the request's level: the task's range
+            form["properties"]["level"]["maximum"] = LEVELS
     tensor = schema["properties"]["inputs"]["items"]
     parameters = {"parameters": tensor["properties"]["parameters"]}
     kinds = [

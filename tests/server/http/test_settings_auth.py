@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from server.engine.runtime import default_torch_threads
-from server.settings import Settings, SettingsError, load_settings, standard_checkpoint
+from server.settings import (
+    RETIRED,
+    Settings,
+    SettingsError,
+    load_settings,
+    retired_in_use,
+    standard_checkpoint,
+)
 from tests.conftest import AppClient, ServeFactory
 from tests.server.helpers import error_of, example
 from tests.server.messages import (
@@ -44,7 +51,7 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
         "auto",
         standard_checkpoint(),
     )
-    assert (s.max_batch_size, s.max_batch_delay_ms, s.max_queue_size) == (32, 2.0, 256)
+    assert (s.max_batch_size, s.max_queue_size, s.inline_forward_ms) == (32, 256, 1.0)
     assert (s.max_request_batch, s.max_body_bytes, s.max_image_pixels) == (64, 8 * 1024 * 1024, 16_000_000)  # fmt: skip
     assert (s.api_keys, s.protect_health, s.protect_metrics) == ([], False, False)
     assert (s.log_json, s.log_level, s.profile_iters, s.torch_threads) == (False, "info", 3, None)
@@ -57,7 +64,7 @@ def test_environment(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "DVN_PORT": "8080",
         "DVN_DEVICE": "cuda:1",
         "DVN_MAX_BATCH_SIZE": "16",
-        "DVN_MAX_BATCH_DELAY_MS": "0.5",
+        "DVN_INLINE_FORWARD_MS": "0.5",
         "DVN_MAX_QUEUE_SIZE": "10",
         "DVN_API_KEYS": f" {KEY}, {OTHER},, ",
         "DVN_PROTECT_HEALTH": "true",
@@ -69,7 +76,7 @@ def test_environment(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         env.setenv(name, value)
     s = load_settings()
     assert (s.checkpoint, s.host, s.port, s.device) == (tmp_path, "0.0.0.0", 8080, "cuda:1")
-    assert (s.max_batch_size, s.max_batch_delay_ms, s.max_queue_size) == (16, 0.5, 10)
+    assert (s.max_batch_size, s.max_queue_size, s.inline_forward_ms) == (16, 10, 0.5)
     assert s.api_keys == [KEY, OTHER]
     assert (s.protect_health, s.protect_metrics, s.log_json, s.log_level) == (
         True,
@@ -87,6 +94,20 @@ def test_flags_override_the_environment(env: pytest.MonkeyPatch) -> None:
     assert (s.port, s.max_batch_size, s.host) == (9000, 16, "127.0.0.1")
     assert load_settings(api_keys=[KEY]).api_keys == [KEY]
     assert load_settings(api_keys=f"{KEY},{OTHER}").api_keys == [KEY, OTHER]
+
+
+@pytest.mark.parametrize("name", sorted(RETIRED))
+def test_a_retired_setting_is_ignored_and_named(env: pytest.MonkeyPatch, name: str) -> None:
+    """A deployment that still sets a retired variable starts (the value is not read) and
+    is told which one to remove; code that passes it by name is refused."""
+    variable, flag = f"DVN_{name.upper()}", f"--{name.replace('_', '-')}"
+    env.setenv(variable, "3")
+    assert load_settings() == Settings()
+    assert retired_in_use() == [(variable, RETIRED[name])]
+    assert retired_in_use({}, **{name: 3.0}) == [(flag, RETIRED[name])]
+    assert retired_in_use({}, **{name: None}) == []
+    with pytest.raises(SettingsError, match="Extra inputs are not permitted"):
+        load_settings(**{name: 3.0})
 
 
 def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
@@ -107,7 +128,7 @@ BAD_SETTINGS = [  # (row, environment, flags)
     ("device-env", {"DVN_DEVICE": "cuda:x"}, {}),
     ("log-level", {}, {"log_level": "verbose"}),
     ("protect-health", {"DVN_PROTECT_HEALTH": "maybe"}, {}),
-    ("batch-delay", {"DVN_MAX_BATCH_DELAY_MS": "-1"}, {}),
+    ("inline-forward", {"DVN_INLINE_FORWARD_MS": "-1"}, {}),
     ("body-bytes", {}, {"max_body_bytes": 10}),
     ("profile-iters", {}, {"profile_iters": 0}),
     ("unknown-flag", {}, {"colour": "red"}),
@@ -326,13 +347,18 @@ async def test_json_logs(serve: ServeFactory, capsys: pytest.CaptureFixture[str]
     assert all(set(d) >= {"time", "severity", "logger", "message"} for d in docs)
 
 
-@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (16, 15)])
-def test_torch_threads_default_leaves_the_event_loop_a_core(
-    monkeypatch: pytest.MonkeyPatch, cores: int, expected: int
+@pytest.mark.parametrize(
+    ("cores", "frontends", "expected"),
+    [(1, 1, 1), (2, 1, 1), (16, 1, 15), (16, 8, 8), (2, 2, 1), (4, 0, 3)],
+)
+def test_torch_threads_default_leaves_the_front_ends_their_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, frontends: int, expected: int
 ) -> None:
+    """One rule for ``dvn serve`` (its front ends) and an engine in process (one front end):
+    the cores left, at least one."""
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
-    assert default_torch_threads(torch.device("cpu")) == expected
-    assert default_torch_threads(torch.device("cuda")) is None  # torch's own default there
+    assert default_torch_threads(torch.device("cpu"), frontends) == expected
+    assert default_torch_threads(torch.device("cuda"), frontends) is None  # torch's own
 
 
 async def test_unset_torch_threads_takes_the_default(serve: Any) -> None:

@@ -184,7 +184,7 @@ async def test_v1_and_v2_requests_share_one_batch(
     serve: ServeFactory, reference: Checkpoint
 ) -> None:
     gate = Gate(lambda inputs: bool((inputs == GATE).any()))
-    client = with_oip(await serve(forward_wrapper=gate, max_batch_delay_ms=200))
+    client = with_oip(await serve(forward_wrapper=gate))
     batcher = client.app.state.runtime.service.batcher
     blocker = example("digits", 1)
     blocker.reshape(-1)[0] = GATE
