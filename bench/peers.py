@@ -36,7 +36,7 @@ from model_store.checkpoint import Checkpoint, load
 SERVERS = ("dvn-serve", "litserve", "fastapi")
 PEER_READY_PATH = {"litserve": "/health", "fastapi": "/readyz"}
 MAX_BATCH_SIZE = 32
-BATCH_DELAY_MS = 2.0
+BATCH_DELAY_MS = 2.0  # LitServe's batch timeout (dvn-serve closes a batch when it is free)
 
 
 def progress(message: str) -> None:
@@ -159,11 +159,9 @@ def closed_loop(
 
 @contextlib.contextmanager
 def _dvn_with_models(path: Path, tmp: Path, task: str) -> Iterator[ServerProcess]:
-    """``dvn serve`` batching like the peers; its ``/v1/models`` JSON for ``task`` saved to
-    ``tmp/models.json`` for the peers to answer."""
-    batching = ("--max-batch-size", str(MAX_BATCH_SIZE),
-                "--max-batch-delay-ms", str(BATCH_DELAY_MS))  # fmt: skip
-    with dvn_serve(path, tmp / "dvn.log", *batching) as dvn:
+    """``dvn serve`` batching up to the peers' batch size; its ``/v1/models`` JSON for
+    ``task`` saved to ``tmp/models.json`` for the peers to answer."""
+    with dvn_serve(path, tmp / "dvn.log", "--max-batch-size", str(MAX_BATCH_SIZE)) as dvn:
         models = httpx.get(dvn.url + "/v1/models", timeout=10).json()
         models["tasks"] = [t for t in models["tasks"] if t["name"] == task]
         (tmp / "models.json").write_text(json.dumps(models))
@@ -290,8 +288,9 @@ def _markdown(data: dict[str, Any]) -> str:
         f"{machine_line()} Task `{data['task']}`, one example per request (`.npy` body), "
         "each server a real process on loopback, loaded in turn by the project's load "
         f"generator (closed loop, {data['duration_s']} s per point). LitServe and dvn-serve "
-        f"batch up to {data['max_batch_size']} examples with a {data['batch_delay_ms']} ms "
-        "batch timeout; the plain FastAPI endpoint computes each request alone in the "
+        f"batch up to {data['max_batch_size']} examples, LitServe with a "
+        f"{data['batch_delay_ms']} ms batch timeout, dvn-serve closing a batch as soon as its "
+        "executor is free; the plain FastAPI endpoint computes each request alone in the "
         "endpoint. dvn-serve has the level pinned with `level=`; each peer serves only that "
         "level. All three run the same forward (the level's `LevelPlan` from "
         "`model_store.inference`) and are loaded through the load generator's light HTTP/1.1 "
