@@ -45,6 +45,12 @@ class RayOptions(BaseModel):
     target_queue: float = Field(
         default=16.0, gt=0, description="autoscaling target: requests per replica in flight"
     )
+    upscale_delay_s: float = Field(
+        default=30.0, ge=0, description="autoscaling: load held this long before a replica is added"
+    )
+    downscale_delay_s: float = Field(
+        default=600.0, ge=0, description="autoscaling: idle this long before one is removed"
+    )
     num_gpus: float = Field(default=0.0, ge=0, description="per replica: 1 on GPUs")
     num_cpus: float = Field(default=0.5, gt=0, description="per replica (fractional on CPUs)")
     max_ongoing_requests: int = Field(default=256, ge=1, description="per replica")
@@ -76,6 +82,8 @@ def engine_deployment(
                 "initial_replicas": options.replicas,
                 "max_replicas": options.max_replicas,
                 "target_ongoing_requests": options.target_queue,
+                "upscale_delay_s": options.upscale_delay_s,
+                "downscale_delay_s": options.downscale_delay_s,
             }
         }
     kwargs = {"stale_after_s": options.stale_after_s} if options.router == "budget" else {}

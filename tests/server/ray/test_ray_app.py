@@ -287,6 +287,53 @@ async def test_scale_down_under_load_drains(
     assert status.replica_states.get("RUNNING") == 1, status.replica_states
 
 
+async def test_queue_depth_scales_up_then_idle_scales_down(
+    ray_app: RayApp, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # One replica, autoscaled to two on requests in flight (target 1 each): a slow load of
+    # 6 clients adds the second; once the load stops, the idle deployment goes back to one.
+    settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=2.0)
+    options = RayOptions(
+        replicas=1, max_replicas=2, target_queue=1, upscale_delay_s=0, downscale_delay_s=1,
+        num_cpus=0.25,
+    )  # fmt: skip
+    (tmp_path / "slow-on").touch()
+    app = build_application(settings, options, Ledger(str(tmp_path), all_slow=True))
+    serve.run(app, name="elastic", route_prefix="/elastic")
+
+    def running() -> int:
+        status = serve.status().applications["elastic"].deployments["DVNEngine"]
+        return int(status.replica_states.get("RUNNING", 0))
+
+    statuses: Counter[int] = Counter()
+    seen = [running()]
+    try:
+        async with httpx.AsyncClient(base_url=f"{ray_app.url}/elastic", timeout=60) as client:
+            loading = True
+
+            async def user(first: int) -> None:
+                seed = first
+                while loading:
+                    statuses[(await post(client, "digits", seed, level=4)).status_code] += 1
+                    seed += 1
+
+            users = asyncio.gather(*(user(i * 1000) for i in range(6)))
+            deadline = time.monotonic() + 60
+            while seen[-1] < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                seen.append(running())
+            loading = False
+            await users
+        deadline = time.monotonic() + 60
+        while seen[-1] > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            seen.append(running())
+    finally:
+        serve.delete("elastic")
+    assert seen[0] == 1 and 2 in seen and seen[-1] == 1, seen
+    assert set(statuses) == {200}, statuses  # nothing refused or lost while it scaled
+
+
 async def test_replica_killed_under_load_every_request_answered(ray_app: RayApp) -> None:
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
