@@ -64,10 +64,12 @@ class Outcome:
 
 class Load:
     """``clients`` threads sending level-4 requests back to back until stopped; every
-    request's outcome is kept (an exception, a hang included, fails the test)."""
+    request's outcome is kept, and every exception, which stops its client (with ``reconnect``,
+    a dropped connection does not: the client opens another)."""
 
-    def __init__(self, server: ServerProcess, clients: int) -> None:
+    def __init__(self, server: ServerProcess, clients: int, reconnect: bool = False) -> None:
         self.server = server
+        self.reconnect = reconnect
         self.stop = threading.Event()
         self.outcomes: list[Outcome] = []
         self.errors: list[BaseException] = []
@@ -82,6 +84,11 @@ class Load:
                     r = client.post("/infer/heavy?level=4", content=self.body, headers=NPY)
                 except BaseException as e:  # a hang (timeout) or a dropped connection
                     self.errors.append(e)
+                    dropped = isinstance(e, httpx.TransportError) and not isinstance(
+                        e, httpx.TimeoutException
+                    )
+                    if self.reconnect and dropped:
+                        continue  # reconnect, as users' clients do
                     return
                 kind = None if r.status_code == 200 else r.json()["error"]["type"]
                 self.outcomes.append(
@@ -148,7 +155,7 @@ def test_a_killed_front_end_is_restarted_and_the_rest_carry_on(server: ServerPro
     wait_for(lambda: ready(server), "readiness")
     victim = started(server, "frontend-0")[-1]
     engine = started(server, "engine")[-1]
-    with Load(server, clients=2) as load:
+    with Load(server, clients=2, reconnect=True) as load:
         wait_for(lambda: sum(o.status == 200 for o in load.outcomes) >= 2, "answers")
         psutil.Process(victim).send_signal(signal.SIGKILL)
         wait_for(lambda: len(started(server, "frontend-0")) >= 2, "the front end to restart")
@@ -161,9 +168,10 @@ def test_a_killed_front_end_is_restarted_and_the_rest_carry_on(server: ServerPro
     assert started(server, "engine")[-1] == engine
     assert psutil.pid_exists(engine)
     assert {o.status for o in load.outcomes} == {200}
-    # A client whose connection the dead front end held sees it dropped; none other fails.
-    assert all(isinstance(e, httpx.TransportError) for e in load.errors)
-    assert len(load.errors) <= 2
+    # A client whose connection the dead front end held sees it dropped once, reconnects and
+    # is answered by the live front end; nothing hangs.
+    assert not any(isinstance(e, httpx.TimeoutException) for e in load.errors), load.errors
+    assert len(load.errors) <= 2, load.errors
 
 
 def test_a_malformed_ipc_frame_is_refused_and_logged(server: ServerProcess) -> None:
