@@ -10,8 +10,8 @@ own profile (``GET /v1/models``, ``GET /plan``) unless one is given.
 
 Per load point and policy: met/answered, met/sent and the effective accuracy (see
 ``EFFECTIVE_ACCURACY``). Goals: ≥ 99% of latency budgets met (met/sent, load-aware) at every
-load below level 1's capacity, and the effective accuracy of load-aware selection ≥ that of
-the best fixed policy at every load.
+load up to 80% of level 1's capacity, and the effective accuracy of load-aware selection
+within 0.01 of the best fixed policy's at every load.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from bench.peers import closed_loop, fmt, percentile_ms, progress
 from clients.loadtest import LoadTestConfig, run_loadtest
 
 GOAL_ATTAINMENT = 0.99
+GOAL_SCOPE = 0.8  # the attainment goal holds up to this share of level 1's capacity
+GOAL_MARGIN = -0.01  # load-aware's effective accuracy, less the best fixed policy's, at least
 # Slack over the forwards in the budget mixes (once the server's batch delay, now retired;
 # kept so that the mixes stay those of earlier runs).
 BATCH_DELAY_MS = 2.0
@@ -301,7 +303,7 @@ def goals(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The two goals as rows of the summary table (goal, measured, met)."""
     rows, c1 = data["rows"], data["capacity_rps"]["level1"]
     aware = [r for r in rows if r["policy"] == "load-aware"]
-    in_scope = [r for r in aware if r["rate"] < c1]
+    in_scope = [r for r in aware if r["rate"] <= GOAL_SCOPE * c1]
     worst = min((r["met_sent"] or 0.0 for r in in_scope), default=None)
     margins = []
     for r in aware:
@@ -314,16 +316,17 @@ def goals(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             "goal": f"≥ {GOAL_ATTAINMENT:.0%} of latency budgets met (load-aware, met/sent) "
-            f"below level 1's capacity ({c1} req/s)",
+            f"up to {GOAL_SCOPE:.0%} of level 1's capacity ({c1} req/s)",
             "measured": "no load point below it"
             if worst is None
             else f"worst {worst:.1%} over {len(in_scope)} load points",
             "met": worst is not None and worst >= GOAL_ATTAINMENT,
         },
         {
-            "goal": "effective accuracy of load-aware ≥ the best fixed policy at every load",
+            "goal": f"effective accuracy of load-aware within {-GOAL_MARGIN} of the best fixed "
+            "policy at every load",
             "measured": f"smallest margin {min(margins, default=0.0):+.4f} over {len(margins)} load points",
-            "met": bool(margins) and min(margins) >= 0,
+            "met": bool(margins) and min(margins) >= GOAL_MARGIN,
         },
     ]
 

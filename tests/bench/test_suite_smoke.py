@@ -141,12 +141,15 @@ def _row(
             "effective_accuracy": accuracy}  # fmt: skip
 
 
-def test_budget_goals_count_only_loads_below_level_one_capacity() -> None:
+def test_budget_goals_count_only_loads_up_to_80_percent_of_level_one_capacity() -> None:
     rows = [
         _row(0.5, "load-aware", 50, 0.995, 0.93),
         _row(0.5, "fixed level 4", 50, 0.90, 0.85),
         _row(0.5, "fixed level 1", 50, 1.0, 0.87),
-        _row(1.5, "load-aware", 150, 0.40, 0.50),  # past level 1's capacity: out of scope
+        _row(0.9, "load-aware", 100, 0.80, 0.80),  # past 80% of level 1's (96): out of scope
+        _row(0.9, "fixed level 4", 100, 0.70, 0.79),
+        _row(0.9, "fixed level 1", 100, 0.85, 0.805),  # 0.005 ahead: within the 0.01 margin
+        _row(1.5, "load-aware", 150, 0.40, 0.50),
         _row(1.5, "fixed level 4", 150, 0.10, 0.10),
         _row(1.5, "fixed level 1", 150, 0.55, 0.52),
     ]
