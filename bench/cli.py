@@ -137,6 +137,12 @@ def register(sub: Any) -> None:
         default=5,
         help="server's start-up profile: forwards per batch size (default 5)",
     )
+    ov.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="added to the load generator's niceness once the server is up (default 0)",
+    )
     ov.add_argument("--quiet", action="store_true", help="no progress lines")
     ov.set_defaults(handler=_overload)
 
@@ -367,6 +373,7 @@ def _overload(args: argparse.Namespace) -> int:
         loads=_floats(args.loads),
         profile_iters=args.profile_iters,
         server_args=tuple(shlex.split(args.server_args)),
+        client_nice=args.client_nice,
         progress=not args.quiet,
     )
     report = run_overload(args.checkpoint, args.out, options)

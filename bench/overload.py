@@ -37,6 +37,7 @@ from bench.budgets import wait_idle
 from bench.peers import closed_loop, fmt, percentile_ms, progress
 from clients._report import LoadReport
 from clients.loadtest import LoadTestConfig, run_loadtest
+from server.priority import renice
 
 GOAL_GOODPUT_SHARE = 0.8  # of the goodput at 90% open-loop load
 GOAL_MET_SHARE = 0.95  # of the answered requests
@@ -64,6 +65,9 @@ class OverloadOptions:
     timeout: float = 10.0
     profile_iters: int = 5
     server_args: tuple[str, ...] = ()
+    # Added to this process's niceness once the server is up (for the rest of its run):
+    # clients standing in for other machines need not go before the engine on shared cores.
+    client_nice: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -184,6 +188,7 @@ def run_overload(
         tempfile.TemporaryDirectory() as tmp,
         dvn_serve(path, Path(tmp) / "dvn.log", *o.server_args, env=env) as server,
     ):
+        client_nice = renice(o.client_nice, variable="--client-nice")
         capacity = closed_loop(
             server.url,
             o.task,
@@ -224,6 +229,7 @@ def run_overload(
         "duration_s": o.duration,
         "warmup_s": o.warmup,
         "server_args": list(o.server_args),
+        "client_nice": client_nice,
         "capacity": {"rps": rps, "clients": o.capacity_clients, "level": 1},
         "rows": rows,
     }
@@ -236,6 +242,11 @@ def run_overload(
 def _say(o: OverloadOptions, line: str) -> None:
     if o.progress:
         progress(line)
+
+
+def _nice(d: dict[str, Any]) -> str:
+    nice = d.get("client_nice", 0)
+    return f"; the load generator at niceness {nice} (`--client-nice`)" if nice else ""
 
 
 def _pct(x: float | None) -> str:
@@ -251,7 +262,7 @@ def _markdown(d: dict[str, Any]) -> str:
         f"{machine_line()} A real `dvn serve`{args} on loopback, task `{d['task']}`, every "
         f"request with budget `{d['budget']}` and the level left to the server; "
         f"{d['duration_s']:g} s measured per point after {d['warmup_s']:g} s of warm-up, from "
-        f"an idle server. Level-1 capacity: {cap['rps']} req/s (closed loop, {cap['clients']} "
+        f"an idle server{_nice(d)}. Level-1 capacity: {cap['rps']} req/s (closed loop, {cap['clients']} "
         "clients, level 1 pinned, no budget). Closed-loop points are multiples of those "
         "clients (no Retry-After honoured), open-loop points fractions of that rate. "
         "Goodput: answers within budget per second; refusals per second by status; p99 and "

@@ -56,6 +56,21 @@ class Settings(BaseSettings):
         description="each front end's bound on requests in flight: fixed is max_inflight; "
         "gradient2 adapts it to the latency achieved, at most max_inflight (docs/decisions.md)",
     )
+    frontend_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="added to each front-end process's niceness: past capacity the engine's "
+        "forwards get the cores before the front ends' parsing and refusing "
+        "(docs/decisions.md, CPU priority); 0: equal",
+    )
+    engine_nice: int = Field(
+        default=0,
+        ge=-20,
+        le=19,
+        description="added to the engine process's niceness; negative (ahead of every other "
+        "process on the host) needs CAP_SYS_NICE, and without it is logged and ignored",
+    )
     max_request_batch: int = Field(default=64, ge=1, description="examples in one request")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=16_000_000, ge=1)

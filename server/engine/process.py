@@ -27,6 +27,7 @@ from server.engine.outcome import ClientDisconnected
 from server.engine.runtime import Runtime
 from server.errors import InvalidInput, NotReady, ServeError
 from server.logs import SERVER, configure_logging
+from server.priority import renice
 from server.settings import Settings
 
 
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.model_validate_json(args.settings)
     configure_logging(settings.log_level, settings.log_json)
+    renice(settings.engine_nice, variable="DVN_ENGINE_NICE")  # before the executor's threads
     return asyncio.run(run(settings, args.address))
 
 

@@ -24,6 +24,7 @@ from server.http.app import create_app, drain_frontend
 from server.http.serving import DrainingServer
 from server.launcher import FRONTEND_EXTRA_S
 from server.logs import configure_logging
+from server.priority import renice
 from server.settings import Settings
 
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.model_validate_json(args.settings)
     configure_logging(settings.log_level, settings.log_json)
+    renice(settings.frontend_nice, variable="DVN_FRONTEND_NICE")  # before any thread starts
     manifest = read_manifest(settings.checkpoint)  # checked by dvn serve before it bound
     specs = {s.name: s for s in config_from_manifest(manifest).tasks}
     client = MPClient(args.address, manifest, specs, max_inflight=settings.max_inflight)

@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import io
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,15 +40,28 @@ def expected_probs(task: str, level: int, x: np.ndarray) -> np.ndarray:
     return torch.softmax(logits, 1).numpy()
 
 
+def niceness(pid: int) -> set[int]:
+    """The niceness of every thread of process ``pid``."""
+    return {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+
 def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
     """Also: every retired setting still in the environment, and the retired flag, are
-    ignored and named in a warning (docs/configuration.md)."""
+    ignored and named in a warning (docs/configuration.md); the front end runs
+    ``DVN_FRONTEND_NICE`` (default 10) nicer than ``dvn serve``, the engine
+    ``DVN_ENGINE_NICE``, every thread of each (docs/decisions.md, CPU priority)."""
     rng = np.random.default_rng(0)
     xs = {i: rng.standard_normal((1, 1, 8, 8), dtype=np.float32) for i in range(48)}
     retired = {f"DVN_{name.upper()}": "0" for name in RETIRED}
     flag = ("--max-batch-delay-ms", "2")
-    with dvn_serve(DEMO, tmp_path / "serve.log", *flag, env=retired) as server:
+    env = {**retired, "DVN_ENGINE_NICE": "3"}
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    with dvn_serve(DEMO, tmp_path / "serve.log", *flag, "--workers", "1", env=env) as server:
         assert httpx.get(server.url + "/healthz").json() == {"status": "alive"}
+        pids = dict(re.findall(r"process started role=(\S+) pid=(\d+)", server.output()))
+        assert sorted(pids) == ["engine", "frontend-0"]
+        assert niceness(int(pids["engine"])) == {min(19, ours + 3)}
+        assert niceness(int(pids["frontend-0"])) == {min(19, ours + 10)}
 
         async def send_all() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
