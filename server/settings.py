@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         "gradient2 adapts it to the latency achieved, at most max_inflight (docs/decisions.md)",
     )
     frontend_nice: int = Field(
-        default=10,
+        default=5,
         ge=0,
         le=19,
         description="added to each front-end process's niceness: past capacity the engine's "

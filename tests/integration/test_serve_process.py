@@ -48,7 +48,7 @@ def niceness(pid: int) -> set[int]:
 def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
     """Also: every retired setting still in the environment, and the retired flag, are
     ignored and named in a warning (docs/configuration.md); the front end runs
-    ``DVN_FRONTEND_NICE`` (default 10) nicer than ``dvn serve``, the engine
+    ``DVN_FRONTEND_NICE`` (default 5) nicer than ``dvn serve``, the engine
     ``DVN_ENGINE_NICE``, every thread of each (docs/decisions.md, CPU priority)."""
     rng = np.random.default_rng(0)
     xs = {i: rng.standard_normal((1, 1, 8, 8), dtype=np.float32) for i in range(48)}
@@ -61,7 +61,7 @@ def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
         pids = dict(re.findall(r"process started role=(\S+) pid=(\d+)", server.output()))
         assert sorted(pids) == ["engine", "frontend-0"]
         assert niceness(int(pids["engine"])) == {min(19, ours + 3)}
-        assert niceness(int(pids["frontend-0"])) == {min(19, ours + 10)}
+        assert niceness(int(pids["frontend-0"])) == {min(19, ours + 5)}
 
         async def send_all() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
