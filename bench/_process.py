@@ -90,3 +90,25 @@ def wait_ready(server: ServerProcess, timeout: float) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"dvn serve not ready after {timeout} s:\n{server.output()}")
+
+
+def wait_idle(url: str, timeout: float = 60.0) -> float:
+    """Wait until the server has no inference request in flight (``dvn_inflight_requests``
+    0: the previous run's backlog drained) and return the seconds waited, so that no run
+    starts behind the one before it. Raises ``TimeoutError`` past ``timeout``."""
+    started = time.monotonic()
+    while True:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        inflight = next(
+            (float(line.split()[-1]) for line in text.splitlines()
+             if line.startswith("dvn_inflight_requests ")),
+            0.0,
+        )  # fmt: skip
+        waited = time.monotonic() - started
+        if inflight == 0:
+            return waited
+        if waited > timeout:
+            raise TimeoutError(
+                f"dvn serve still has {inflight:g} requests in flight after {timeout} s"
+            )
+        time.sleep(0.1)

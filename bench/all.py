@@ -126,22 +126,30 @@ def _load_average() -> float | None:
 
 
 def levels_goals(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The levels goal: every level's batch-32 speed-up ≥ half its FLOP ratio."""
+    """The levels goals: every level's speed-up over the top level ≥ half its FLOP ratio,
+    at batch 32 and at batch 1."""
     rows = [r for r in data["rows"] if r["flop_ratio"] > 1]
-    worst = min(rows, key=lambda r: r["speedup_batch32"] / r["flop_ratio"], default=None)
-    measured = f"{sum(r['goal_met'] for r in rows)} of {len(rows)} (task, level) met"
-    if worst is not None:
-        measured += (
-            f"; worst {worst['task']} level {worst['level']}: {worst['speedup_batch32']}x "
-            f"at FLOP ratio {worst['flop_ratio']}"
+    found = []
+    for batch, met_key in ((32, "goal_met"), (1, "goal_met_batch1")):
+        speedup = f"speedup_batch{batch}"
+        if rows and met_key not in rows[0]:
+            continue  # a report from before the batch-1 goal
+        worst = min(rows, key=lambda r: r[speedup] / r["flop_ratio"], default=None)
+        measured = f"{sum(r[met_key] for r in rows)} of {len(rows)} (task, level) met"
+        if worst is not None:
+            measured += (
+                f"; worst {worst['task']} level {worst['level']}: {worst[speedup]}x "
+                f"at FLOP ratio {worst['flop_ratio']}"
+            )
+        found.append(
+            {
+                "goal": f"speed-up over the top level at batch {batch} ≥ half the FLOP ratio, "
+                "every level",
+                "measured": measured,
+                "met": bool(rows) and all(r[met_key] for r in rows),
+            }
         )
-    return [
-        {
-            "goal": "speed-up over the top level at batch 32 ≥ half the FLOP ratio, every level",
-            "measured": measured,
-            "met": bool(rows) and all(r["goal_met"] for r in rows),
-        }
-    ]
+    return found
 
 
 def serve_goals(data: dict[str, Any]) -> list[dict[str, Any]]:

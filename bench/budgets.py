@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench._common import cpu_times, machine_line, steal_share, write_report
-from bench._process import dvn_serve
+from bench._process import dvn_serve, wait_idle
 from bench.peers import closed_loop, fmt, percentile_ms, progress
 from clients.loadtest import LoadTestConfig, run_loadtest
 
@@ -73,28 +72,6 @@ def derive_budget_mix(task: dict[str, Any], plan: dict[str, Any]) -> tuple[str, 
         "batch_delay_ms": BATCH_DELAY_MS,
     }
     return mix, basis
-
-
-def wait_idle(url: str, timeout: float = 60.0) -> float:
-    """Wait until the server has no inference request in flight (``dvn_inflight_requests``
-    0: the previous run's backlog drained) and return the seconds waited, so that no run
-    starts behind the one before it. Raises ``TimeoutError`` past ``timeout``."""
-    started = time.monotonic()
-    while True:
-        text = httpx.get(url + "/metrics", timeout=10).text
-        inflight = next(
-            (float(line.split()[-1]) for line in text.splitlines()
-             if line.startswith("dvn_inflight_requests ")),
-            0.0,
-        )  # fmt: skip
-        waited = time.monotonic() - started
-        if inflight == 0:
-            return waited
-        if waited > timeout:
-            raise TimeoutError(
-                f"dvn serve still has {inflight:g} requests in flight after {timeout} s"
-            )
-        time.sleep(0.1)
 
 
 def load_point(

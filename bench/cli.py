@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from bench import commands
 
 EXAMPLES = """examples:
   dvn bench levels                          # forward time per level vs FLOP ratio
@@ -43,7 +44,10 @@ def register(sub: Any) -> None:
     lv.add_argument("--out", default="bench/results", help="where to write levels.json/.md")
     lv.add_argument("--repeats", type=int, default=30, help="timed forwards per measurement")
     lv.add_argument("--device", default="auto")
-    lv.set_defaults(handler=_levels)
+    lv.add_argument(
+        "--threads", type=int, help="torch threads while timing (default: the engine's own)"
+    )
+    lv.set_defaults(handler=commands.cmd_levels)
 
     sv = which.add_parser("serve", help="HTTP overhead per level and throughput, batching on/off")
     sv.add_argument("--checkpoint", help="checkpoint directory (default: the shipped demo)")
@@ -54,7 +58,7 @@ def register(sub: Any) -> None:
     sv.add_argument(
         "--server-args", default="", help='passed to dvn serve as they are, e.g. "--workers 2"'
     )
-    sv.set_defaults(handler=_serve)
+    sv.set_defaults(handler=commands.cmd_serve)
 
     sk = which.add_parser(
         "soak", help="many requests against a real server: nothing lost, no 5xx, memory flat"
@@ -69,7 +73,7 @@ def register(sub: Any) -> None:
         "--max-duration", type=float, default=3600.0, help="stop after this many seconds (3600)"
     )
     sk.add_argument("--quiet", action="store_true", help="no progress line")
-    sk.set_defaults(handler=_soak)
+    sk.set_defaults(handler=commands.cmd_soak)
 
     pe = which.add_parser("peers", help="dvn-serve vs LitServe vs plain FastAPI, same model")
     _common_args(pe)
@@ -77,19 +81,19 @@ def register(sub: Any) -> None:
     pe.add_argument("--levels", default="top,1", help="levels to compare (default: top,1)")
     pe.add_argument("--clients", default="1,16,64", help="closed-loop clients per point")
     pe.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per point")
-    pe.set_defaults(handler=_peers)
+    pe.set_defaults(handler=commands.cmd_peers)
 
     me = which.add_parser("memory", help="server RSS vs bare torch, web stack and weights")
     _common_args(me, duration_help="seconds of load before the second RSS reading")
     me.add_argument("--clients", type=int, default=16, help="closed-loop clients of the load")
-    me.set_defaults(handler=_memory)
+    me.set_defaults(handler=commands.cmd_memory)
 
     bu = which.add_parser("budgets", help="budget attainment and accuracy vs load, 3 policies")
     _common_args(bu)
     _budget_args(bu)
     bu.add_argument("--min-load", type=float, default=0.1, help="lowest load (x top capacity)")
     bu.add_argument("--max-load", type=float, default=1.5, help="highest load (x top capacity)")
-    bu.set_defaults(handler=_budgets)
+    bu.set_defaults(handler=commands.cmd_budgets)
 
     tr = which.add_parser(
         "transport",
@@ -104,7 +108,7 @@ def register(sub: Any) -> None:
         help="git commit of the hand-written client to compare with (default: the last one "
         "that had it); 'none' leaves it out",
     )
-    tr.set_defaults(handler=_transport)
+    tr.set_defaults(handler=commands.cmd_transport)
 
     ov = which.add_parser(
         "overload", help="goodput, refusals and p99 from below to far past level-1 capacity"
@@ -144,7 +148,7 @@ def register(sub: Any) -> None:
         help="added to the load generator's niceness once the server is up (default 0)",
     )
     ov.add_argument("--quiet", action="store_true", help="no progress lines")
-    ov.set_defaults(handler=_overload)
+    ov.set_defaults(handler=commands.cmd_overload)
 
     rf = which.add_parser(
         "refusal", help="CPU of a refused request against an answered one, per process"
@@ -153,7 +157,7 @@ def register(sub: Any) -> None:
     rf.add_argument("--out", default="bench/results", help="where to write refusal.json/.md")
     rf.add_argument("--requests", type=int, default=2000, help="requests per kind and round")
     rf.add_argument("--clients", type=int, default=4, help="closed-loop clients (4)")
-    rf.set_defaults(handler=_refusal)
+    rf.set_defaults(handler=commands.cmd_refusal)
 
     sc = which.add_parser(
         "scale",
@@ -194,7 +198,7 @@ def register(sub: Any) -> None:
         help="servers' start-up profile: forwards per batch size (default 3)",
     )
     sc.add_argument("--quiet", action="store_true", help="no progress lines")
-    sc.set_defaults(handler=_scale)
+    sc.set_defaults(handler=commands.cmd_scale)
 
     pa = which.add_parser(
         "pairs",
@@ -210,7 +214,7 @@ def register(sub: Any) -> None:
         "--requests", type=int, default=1500, help="requests per variant and round (1500)"
     )
     pa.add_argument("--clients", type=int, default=64, help="closed-loop clients (64)")
-    pa.set_defaults(handler=_pairs)
+    pa.set_defaults(handler=commands.cmd_pairs)
 
     al = which.add_parser("all", help="every benchmark, then docs/benchmarks.md")
     _common_args(al)
@@ -220,7 +224,7 @@ def register(sub: Any) -> None:
     al.add_argument("--peer-levels", default="top,1", help="levels the peers are compared at")
     al.add_argument("--repeats", type=int, default=30, help="timed forwards (levels)")
     al.add_argument("--requests", type=int, default=200, help="sequential requests (serve)")
-    al.set_defaults(handler=_all)
+    al.set_defaults(handler=commands.cmd_all)
 
 
 def _common_args(p: Any, duration_help: str = "seconds measured per point") -> None:
@@ -246,225 +250,3 @@ def _budget_args(p: Any) -> None:
         default=5,
         help="server's start-up profile: forwards per batch size (default 5)",
     )
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(
-            f"expected comma-separated whole numbers, e.g. 1,16,64; got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise ValueError(f"expected numbers >= 1, e.g. 1,16,64; got {text!r}")
-    return values
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"expected comma-separated numbers, e.g. 0.5,1,2; got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise ValueError(f"expected numbers > 0, e.g. 0.5,1,2; got {text!r}")
-    return values
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-def _levels(args: argparse.Namespace) -> int:
-    from bench.levels import run_levels
-
-    report = run_levels(args.checkpoint, args.out, repeats=args.repeats, device=args.device)
-    print(report.read_text())
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import shlex
-
-    from bench.serve import run_serve
-
-    report = run_serve(
-        args.checkpoint,
-        args.out,
-        task=args.task,
-        requests=args.requests,
-        duration=args.duration,
-        server_args=tuple(shlex.split(args.server_args)),
-    )
-    print(report.read_text())
-    return 0
-
-
-def _peers(args: argparse.Namespace) -> int:
-    from bench.peers import run_peers
-
-    report = run_peers(
-        args.checkpoint,
-        args.out,
-        task=args.task,
-        levels=_words(args.levels),
-        concurrencies=_ints(args.clients),
-        duration=args.duration,
-        warmup=args.warmup,
-    )
-    print(report.read_text())
-    return 0
-
-
-def _memory(args: argparse.Namespace) -> int:
-    from bench.memory import run_memory
-
-    report = run_memory(args.checkpoint, args.out, duration=args.duration, clients=args.clients)
-    print(report.read_text())
-    return 0
-
-
-def _budgets(args: argparse.Namespace) -> int:
-    from bench.budgets import run_budgets
-
-    report = run_budgets(
-        args.checkpoint,
-        args.out,
-        task=args.task,
-        duration=args.duration,
-        warmup=args.warmup,
-        points=args.points,
-        min_load=args.min_load,
-        max_load=args.max_load,
-        budget_mix=args.budget_mix,
-        profile_iters=args.profile_iters,
-        rounds=args.rounds,
-    )
-    print(report.read_text())
-    return 0
-
-
-def _transport(args: argparse.Namespace) -> int:
-    from bench.transport import BASELINE_REV, run_transport
-
-    rev = args.baseline_rev or BASELINE_REV
-    report = run_transport(
-        args.out,
-        concurrencies=_ints(args.clients),
-        duration=args.duration,
-        rounds=args.rounds,
-        baseline_rev=None if rev == "none" else rev,
-    )
-    print(report.read_text())
-    return 0
-
-
-def _overload(args: argparse.Namespace) -> int:
-    import shlex
-
-    from bench.overload import OverloadOptions, run_overload
-
-    options = OverloadOptions(
-        task=args.task,
-        budget=args.budget,
-        duration=args.duration,
-        warmup=args.warmup,
-        capacity_clients=args.capacity_clients,
-        factors=_ints(args.factors),
-        loads=_floats(args.loads),
-        profile_iters=args.profile_iters,
-        server_args=tuple(shlex.split(args.server_args)),
-        client_nice=args.client_nice,
-        progress=not args.quiet,
-    )
-    report = run_overload(args.checkpoint, args.out, options)
-    print(report.read_text())
-    return 0
-
-
-def _scale(args: argparse.Namespace) -> int:
-    from bench.scale import ScaleOptions, run_scale
-
-    options = ScaleOptions(
-        task=args.task,
-        level=args.level,
-        task_mix=args.task_mix,
-        budget_mix=args.budget_mix,
-        clients=args.clients,
-        replicas=_ints(args.replicas),
-        duration=args.duration,
-        warmup=args.warmup,
-        latency_rounds=args.latency_rounds,
-        slow_ms=args.slow_ms,
-        skew_load=args.skew_load,
-        skew_rate=args.skew_rate,
-        profile_iters=args.profile_iters,
-        progress=not args.quiet,
-    )
-    report = run_scale(args.checkpoint, args.out, options)
-    print(report.read_text())
-    return 0
-
-
-def _refusal(args: argparse.Namespace) -> int:
-    from bench.refusal import run
-
-    data = run(args.out, checkpoint=args.checkpoint, requests=args.requests, clients=args.clients)
-    print(json.dumps(data["cpu_us_per_request"], indent=2))
-    return 0
-
-
-def _pairs(args: argparse.Namespace) -> int:
-    from bench.pairs import run
-
-    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    run(
-        args.out,
-        parts=parts,
-        checkpoint=args.checkpoint,
-        rounds=args.rounds,
-        requests=args.requests,
-        clients=args.clients,
-    )
-    with open(f"{args.out}/pairs.md") as report:
-        print(report.read(), end="")
-    return 0
-
-
-def _all(args: argparse.Namespace) -> int:
-    from bench.all import SuiteOptions, run_all
-
-    options = SuiteOptions(
-        task=args.task,
-        duration=args.duration,
-        warmup=args.warmup,
-        clients=_ints(args.clients),
-        peer_levels=_words(args.peer_levels),
-        points=args.points,
-        rounds=args.rounds,
-        repeats=args.repeats,
-        requests=args.requests,
-        budget_mix=args.budget_mix,
-        profile_iters=args.profile_iters,
-    )
-    docs = run_all(args.checkpoint, args.out, docs=args.docs, options=options)
-    print(f"wrote {docs} and every part's JSON, markdown and plots under {args.out}")
-    return 0
-
-
-def _soak(args: argparse.Namespace) -> int:
-    from bench.soak import DEFAULT_MIX, run_soak
-
-    if args.requests < 1 or args.concurrency < 1 or args.max_duration <= 0:
-        raise ValueError("--requests and --concurrency must be >= 1, --max-duration > 0")
-    report = run_soak(
-        args.checkpoint,
-        args.out,
-        requests=args.requests,
-        concurrency=args.concurrency,
-        budget_mix=args.budget_mix or DEFAULT_MIX,
-        task_mix=args.task_mix,
-        max_duration=args.max_duration,
-        progress=not args.quiet,
-    )
-    print(report.read_text())
-    return 0

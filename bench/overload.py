@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import cpu_times, machine_line, steal_share, write_report
-from bench._process import dvn_serve
-from bench.budgets import wait_idle
+from bench._process import dvn_serve, wait_idle
 from bench.peers import closed_loop, fmt, percentile_ms, progress
 from clients._report import LoadReport
 from clients.loadtest import LoadTestConfig, run_loadtest

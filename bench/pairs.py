@@ -32,20 +32,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import numpy as np
 import psutil
-from fastapi import Query, Request
-from fastapi.responses import Response
 
 from bench._common import machine_line, write_report
 from bench._process import ROOT, dvn_serve
 from clients._wire import WireTransport
 from model_store.checkpoint import config_from_manifest, read_manifest
-from server.http.params import LEVEL_DOC
-from server.http.routes import BudgetQuery, OnMissQuery
 from server.settings import Settings, demo_checkpoint
 
 PARTS = ("frontend", "inline", "threads")
@@ -61,83 +57,9 @@ BODY = json.dumps({"inputs": [[[0.0] * 8] * 8]}).encode()  # one demo digits exa
 QUERY = "?level=1&top_k=3&on_miss=degrade"
 # A front end of a variant: the patch, then the worker's own main.
 _FRONTEND_BOOT = (
-    "import sys; from bench.pairs import frontend_child; "
+    "import sys; from bench.pairs_frontend import frontend_child; "
     "sys.exit(frontend_child(sys.argv[1], sys.argv[2:]))"
 )
-# The counterfactual's query parameters (module level: FastAPI resolves them by name).
-LevelQuery = Annotated[int | None, Query(ge=1, description=LEVEL_DOC)]
-TopKQuery = Annotated[int | None, Query(ge=1, description="Return the k most probable classes.")]
-
-
-def frontend_child(variant: str, argv: list[str]) -> int:
-    """Run ``python -m server.http.worker`` with ``argv``, as ``variant`` (``FRONTENDS``)."""
-    from server.http import app as http_app
-    from server.http.worker import main
-
-    if variant in ("routed", "fastapi"):
-
-        async def passthrough(self: Any, scope: Any, receive: Any, send: Any) -> None:
-            await self.app(scope, receive, send)
-
-        http_app.DirectInfer.__call__ = passthrough  # type: ignore[method-assign]
-    if variant == "fastapi":
-        _declare_infer_query()
-    return main(argv)
-
-
-def _declare_infer_query() -> None:
-    """Replace ``POST /infer/{task}`` by the same endpoint with its query declared as
-    FastAPI parameters (validated by FastAPI's dependency solver), as round 1 had it."""
-    from fastapi.responses import JSONResponse
-
-    from model_store.manifest import TaskEntry
-    from server.budget import parse_budget
-    from server.engine.outcome import ClientDisconnected
-    from server.engine.selection import check_level
-    from server.http import routes
-    from server.http.decode import decode
-    from server.http.encode import infer_body, infer_headers
-    from server.http.frontend import FrontEnd
-    from server.http.pipeline import Parsed, elapsed, frontend, read_body
-    from server.http.pipeline import infer as run_inference
-    from server.http.protocol import InferResponse
-
-    router = routes.router
-    router.routes[:] = [r for r in router.routes if getattr(r, "path", "") != "/infer/{task}"]
-
-    @router.post("/infer/{task}", response_model=InferResponse, responses=routes.ERRORS)
-    async def infer(
-        task: str,
-        request: Request,
-        budget: BudgetQuery = None,
-        level: LevelQuery = None,
-        on_miss: OnMissQuery = "degrade",
-        top_k: TopKQuery = None,
-    ) -> Response:
-        async def read(entry: TaskEntry, fe: FrontEnd) -> Parsed:
-            parsed = parse_budget(budget)
-            check_level(entry, level)
-            if level is None and on_miss == "degrade":
-                fe.client.admit(entry.name, parsed, elapsed(request))
-            s = fe.settings
-            body = await read_body(request, s.max_body_bytes)
-            inputs = decode(
-                body,
-                request.headers.get("content-type"),
-                fe.spec(entry.name),
-                max_examples=s.max_request_batch,
-                max_image_pixels=s.max_image_pixels,
-            )
-            return Parsed(budget, parsed, level, on_miss, inputs.array)
-
-        request.scope.setdefault("state", {}).setdefault("log", {}).update(task=task, budget=budget)
-        try:
-            answer = await run_inference(request, task, read)
-        except ClientDisconnected:
-            return Response(status_code=499)
-        fe = frontend(request)
-        doc = infer_body(answer, fe.client.manifest, request.scope["state"]["request_id"], top_k)
-        return JSONResponse(doc, headers=infer_headers(answer))
 
 
 # -- processes ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from model_store.checkpoint import read_manifest
 
 HEADER = (
     "| task | level | MFLOPs | FLOP ratio | ms @1 | ms @32 | speed-up @1 | speed-up @32 "
-    "| model ms @1 | model ms @32 | model speed-up @32 | goal |"
+    "| model ms @1 | model ms @32 | model speed-up @32 | goal @32 | goal @1 |"
 )
 
 
@@ -28,13 +28,16 @@ def one_torch_thread() -> Iterator[None]:
 
 def test_run_levels_writes_every_row(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    md = run_levels(tiny_checkpoint, out, repeats=2, device="cpu")
+    torch.set_num_threads(2)
+    md = run_levels(tiny_checkpoint, out, repeats=2, device="cpu", threads=1)
+    assert torch.get_num_threads() == 2  # timed with 1, and put back
     assert md == out / "levels.md"
     assert sorted(p.name for p in out.iterdir()) == ["levels.json", "levels.md", "levels.png"]
 
     manifest = read_manifest(tiny_checkpoint)
     report = json.loads((out / "levels.json").read_text())
     assert report["device"] == "cpu"
+    assert report["threads"] == 1
     assert report["machine"]["torch"] == torch.__version__
     rows = report["rows"]
     assert [(r["task"], r["level"]) for r in rows] == [
@@ -56,12 +59,15 @@ def test_run_levels_writes_every_row(tiny_checkpoint: Path, tmp_path: Path) -> N
         for r in mine:
             assert r["ms_batch1"] > 0 and r["ms_batch32"] > 0
             assert r["model_ms_batch1"] > 0 and r["model_ms_batch32"] > 0
-            assert r["goal_met"] == (r["speedup_batch32"] >= 0.5 * r["flop_ratio"]) or (
-                abs(r["speedup_batch32"] - 0.5 * r["flop_ratio"]) < 0.01  # rounded values
-            )
+            for batch, met in ((32, "goal_met"), (1, "goal_met_batch1")):
+                speedup = r[f"speedup_batch{batch}"]
+                assert r[met] == (speedup >= 0.5 * r["flop_ratio"]) or (
+                    abs(speedup - 0.5 * r["flop_ratio"]) < 0.01  # rounded values
+                )
 
     lines = md.read_text().splitlines()
     assert lines[0] == "## Levels: forward time vs FLOPs"
+    assert "Device: cpu, 1 torch thread(s) while timing" in lines[2]
     assert HEADER in lines
     table = lines[lines.index(HEADER) + 2 :]
     assert len(table) == len(rows)

@@ -97,7 +97,7 @@ def test_docs_page_has_goals_sections_and_working_plot_links(suite: tuple[Path, 
     parts_with_goals = ("| levels |", "| serve |", "| peers |", "| memory |", "| budgets |",
                         "| overload |")  # fmt: skip
     goal_rows = [line for line in page.splitlines() if line.startswith(parts_with_goals)]
-    assert len(goal_rows) == 9  # levels 1, serve 1, peers 2, memory 1, budgets 2, overload 2
+    assert len(goal_rows) == 10  # levels 2, serve 1, peers 2, memory 1, budgets 2, overload 2
     assert all(row.rstrip().endswith(("| met |", "| **NOT met** |")) for row in goal_rows)
     for part in PARTS:
         assert (suite[0] / f"{part}.md").read_text().splitlines()[0] in page
@@ -111,7 +111,7 @@ def test_docs_page_has_goals_sections_and_working_plot_links(suite: tuple[Path, 
 )
 def test_each_part_has_its_own_command(part: str) -> None:
     args = build_parser().parse_args(["bench", part, "--out", "x"])
-    assert args.handler.__name__ == f"_{part}"
+    assert args.handler.__name__ == f"cmd_{part}"
 
 
 def test_budget_mix_is_derived_from_the_profile() -> None:
