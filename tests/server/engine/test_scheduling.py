@@ -229,7 +229,9 @@ async def test_one_forward_at_a_time_a_tight_request_waits_for_a_long_forward(
             tight = post(client, "digits", x, "?level=1&budget=5s")
             patient = post(client, "digits", example("digits", 101), "?level=2&budget=60s")
             await wait_until(lambda: batcher(client).total_queued() == 2, 10, "queued")
-            await asyncio.sleep(0.2)
+            for _ in range(20):  # every loop turn the batcher would need to start one
+                await asyncio.sleep(0)
+            assert batcher(client).total_queued() == 2  # neither taken beside the held one
             assert not tight.done() and not patient.done()
         finally:
             recorder.release.set()
