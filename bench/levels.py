@@ -133,7 +133,7 @@ def _markdown(rows: list[dict[str, Any]], device: str, threads: int) -> str:
             f"{r['speedup_batch32']:.2f} | {r['model_ms_batch1']:.3f} | "
             f"{r['model_ms_batch32']:.3f} | {r['model_speedup_batch32']:.2f} | "
             f"{'met' if r['goal_met'] else 'NOT met'} | "
-            f"{'met' if r.get('goal_met_batch1') else 'NOT met'} |"
+            f"{'met' if r['goal_met_batch1'] else 'NOT met'} |"
         )
     return "\n".join(lines) + "\n"
 
