@@ -57,12 +57,12 @@ class Settings(BaseSettings):
         "gradient2 adapts it to the latency achieved, at most max_inflight (docs/decisions.md)",
     )
     frontend_nice: int = Field(
-        default=5,
+        default=0,
         ge=0,
         le=19,
         description="added to each front-end process's niceness: past capacity the engine's "
         "forwards get the cores before the front ends' parsing and refusing "
-        "(docs/decisions.md, CPU priority); 0: equal",
+        "(docs/decisions.md, CPU priority); 5 measured best on 2 cores; 0: equal",
     )
     engine_nice: int = Field(
         default=0,

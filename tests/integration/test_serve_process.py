@@ -48,13 +48,13 @@ def niceness(pid: int) -> set[int]:
 def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
     """Also: every retired setting still in the environment, and the retired flag, are
     ignored and named in a warning (docs/configuration.md); the front end runs
-    ``DVN_FRONTEND_NICE`` (default 5) nicer than ``dvn serve``, the engine
+    ``DVN_FRONTEND_NICE`` nicer than ``dvn serve``, the engine
     ``DVN_ENGINE_NICE``, every thread of each (docs/decisions.md, CPU priority)."""
     rng = np.random.default_rng(0)
     xs = {i: rng.standard_normal((1, 1, 8, 8), dtype=np.float32) for i in range(48)}
     retired = {f"DVN_{name.upper()}": "0" for name in RETIRED}
     flag = ("--max-batch-delay-ms", "2")
-    env = {**retired, "DVN_ENGINE_NICE": "3"}
+    env = {**retired, "DVN_ENGINE_NICE": "3", "DVN_FRONTEND_NICE": "5"}
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     with dvn_serve(DEMO, tmp_path / "serve.log", *flag, "--workers", "1", env=env) as server:
         assert httpx.get(server.url + "/healthz").json() == {"status": "alive"}
