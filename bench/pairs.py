@@ -73,6 +73,21 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
 
 
+def stop(process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s; a process that had to be killed is an
+    error that shows the end of its log."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        tail = log.read_text(errors="replace")[-4000:]
+        raise RuntimeError(
+            f"pid {process.pid} ({log.name}) did not exit {timeout:g} s after SIGTERM:\n{tail}"
+        ) from None
+
+
 @contextlib.contextmanager
 def engine_process(settings: Settings, log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """An engine process (``python -m server.engine.process``): its address and process."""
@@ -86,8 +101,7 @@ def engine_process(settings: Settings, log: Path) -> Iterator[tuple[str, subproc
     try:
         yield address, process
     finally:
-        process.terminate()
-        process.wait(60)
+        stop(process, log)
 
 
 @contextlib.contextmanager
@@ -109,8 +123,7 @@ def frontend_process(
     try:
         yield url, process
     finally:
-        process.terminate()
-        process.wait(60)
+        stop(process, log)
 
 
 def wait_ready(url: str, process: subprocess.Popen[Any], log: Path, timeout: float = 300) -> None:

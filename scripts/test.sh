@@ -16,7 +16,7 @@ fi
 # goodput and ratios run one at a time, as a user's server would; the rest (in-process
 # tests, and the benchmarks' smoke runs, which assert no timing) on every core, a file per
 # worker so that a module's fixtures are built once (docs/decisions.md, test suite).
-SERIAL=(tests/integration tests/server/ray tests/deploy)
+SERIAL=(tests/integration tests/server/ray tests/deploy tests/bench/test_scale.py tests/bench/test_pairs.py)
 echo ">> pytest: in-process tests and benchmark smoke runs, one worker per core"
 .venv/bin/python -m pytest -q -p no:cacheprovider -n auto --dist loadfile "${SERIAL[@]/#/--ignore=}"
 echo ">> pytest: servers, Ray and Prometheus, one test at a time"
