@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import psutil
 
+from bench import _process
 from bench._common import machine_line, write_report
 from bench._process import ROOT, dvn_serve
 from clients._wire import WireTransport
@@ -74,18 +75,13 @@ def _env() -> dict[str, str]:
 
 
 def stop(process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` s; a process that had to be killed is an
-    error that shows the end of its log."""
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    """:func:`bench._process.stop`; a process that had to be killed is an error that shows
+    the end of its log."""
+    if _process.stop(process, timeout):
         tail = log.read_text(errors="replace")[-4000:]
         raise RuntimeError(
-            f"pid {process.pid} ({log.name}) did not exit {timeout:g} s after SIGTERM:\n{tail}"
-        ) from None
+            f"pid {process.pid} ({log.name}) did not exit within {timeout:g} s of SIGTERM:\n{tail}"
+        )
 
 
 @contextlib.contextmanager

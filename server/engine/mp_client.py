@@ -113,9 +113,7 @@ class MPClient(RemoteClient):
                 self._socket.disable_monitor()
             self._socket.close(linger=0)
         if self._ctx is not None:
-            # destroy, not term: term waits for every socket of the context to be closed, and
-            # a monitor socket whose task was cancelled before it ran never is.
-            self._ctx.destroy(linger=0)
+            self._ctx.term()
 
     # -- status --------------------------------------------------------------------------
     def _down(self, why: str) -> None:
