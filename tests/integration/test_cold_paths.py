@@ -5,8 +5,12 @@ later ones: each front end warms its decoders and encoders before it serves
 Compared by the server's own measure (``cost.measured_latency_ms``, arrival to answer)
 as a ratio to the later requests' median, not as an absolute time: the test box is
 shared, so a first request as slow as the slowest later one passes too: the box's noise,
-not a cold path. Before the warm-up the first PNG request took over 5 ms (504) against
-about 1.3 ms for the later ones.
+not a cold path. Before the warm-up the first PNG request took over 5 ms (504 under the
+README's ``5ms`` budget) against about 1.3 ms for the later ones, a ratio this test
+refuses. The requests carry a loose latency budget for that reason: under the README's
+5 ms, a front end the shared box descheduled for a few ms is refused 429 by admission (its
+budget spent before the body is read, as designed), which says nothing about cold paths
+and failed CI once.
 
 One JSON request opens the server before the measured ones: the engine's first answer at a
 level also creates that level's metric series (about 1 ms, the same for every body type),
@@ -27,7 +31,7 @@ from PIL import Image
 from bench._process import ROOT, dvn_serve
 from server.settings import demo_checkpoint
 
-BUDGET = "5ms,100KiB"  # an image within a tight budget, as in the README (there on the standard checkpoint)
+BUDGET = "1s,100KiB"  # the README's memory budget; a latency budget the box's noise never spends
 LATER = 8  # requests of each body type after the first
 MAX_RATIO = 3.0  # first request / median of the later ones (unless a later one was slower)
 
@@ -70,7 +74,7 @@ BODIES = {
 
 def send(url: str, kind: str) -> tuple[int, bool | None, float]:
     """One request of a body type on a new connection: status, budget met, the server's
-    measured latency in ms."""
+    measured latency in ms (NaN when refused)."""
     path, content_type, body = BODIES[kind]
     query = {"budget": BUDGET, "top_k": "3"} if path.startswith("/infer") else {}
     r = httpx.post(
@@ -94,13 +98,14 @@ def test_first_request_of_each_body_type_is_as_fast_as_later_ones(tmp_path: Path
         later = {kind: [send(server.url, kind) for _ in range(LATER)] for kind in BODIES}
         log = server.output()
     for kind in BODIES:
-        status, met, latency = first[kind]
-        statuses = {s for s, _, _ in later[kind]}
-        if statuses == {200}:
-            assert status == 200, (kind, first[kind], later[kind])
-        if all(m for _, m, _ in later[kind]):
-            assert met, (kind, first[kind], later[kind])
-        answered = [ms for s, _, ms in later[kind] if s == 200]
+        _, met, latency = first[kind]
+        assert [s for s, _, _ in [first[kind], *later[kind]]] == [200] * (1 + LATER), (
+            kind,
+            first[kind],
+            later[kind],
+        )
+        assert met, (kind, first[kind])
+        answered = [ms for _, _, ms in later[kind]]
         limit = max(MAX_RATIO * statistics.median(answered), max(answered))
         assert latency <= limit, (kind, first[kind], later[kind])
     assert log.count("front end warmed up") == 2, log

@@ -15,7 +15,10 @@ from clients.loadtest import LoadTestConfig, run_loadtest
 from server.settings import demo_checkpoint
 
 BUDGET = "50ms"  # an idle level-1 answer takes a millisecond or two
-BELOW, FAR_PAST = 4, 256  # closed-loop clients: under capacity, and 64 times that
+# Closed-loop clients: under capacity, and 32 times that. The clients run in this process,
+# on the server's two cores: at 256 their own CPU made 5-17% of the server's answers late
+# (0.83-0.96 met, the test flaky in CI) where 128 gave 0.98-0.99 beside it.
+BELOW, FAR_PAST = 4, 128
 SHARE = 0.5  # goodput far past capacity, at least this share of goodput below it
 MET_SHARE = 0.9  # of the answered requests, at least this share within budget
 ENV = {"DVN_LOG_LEVEL": "warning"}  # no access line per request: CPU the clients need
