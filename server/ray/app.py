@@ -10,6 +10,7 @@ application builder that ``serve run`` / ``serve deploy`` import
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +52,9 @@ class RayOptions(BaseModel):
     downscale_delay_s: float = Field(
         default=600.0, ge=0, description="autoscaling: idle this long before one is removed"
     )
+    look_back_s: float = Field(
+        default=30.0, gt=0, description="autoscaling: requests in flight averaged over this window"
+    )
     num_gpus: float = Field(default=0.0, ge=0, description="per replica: 1 on GPUs")
     num_cpus: float = Field(default=0.5, gt=0, description="per replica (fractional on CPUs)")
     max_ongoing_requests: int = Field(default=256, ge=1, description="per replica")
@@ -84,6 +88,10 @@ def engine_deployment(
                 "target_ongoing_requests": options.target_queue,
                 "upscale_delay_s": options.upscale_delay_s,
                 "downscale_delay_s": options.downscale_delay_s,
+                "look_back_period_s": options.look_back_s,
+                # How often the queue depth reaches Ray's controller: Ray's 10 s, or within
+                # a shorter window (Ray needs it shorter than the window).
+                "metrics_interval_s": min(10.0, options.look_back_s / 2),
             }
         }
     kwargs = {"stale_after_s": options.stale_after_s} if options.router == "budget" else {}
@@ -93,18 +101,20 @@ def engine_deployment(
         "request_routing_stats_period_s": options.stats_period_s,
         "request_routing_stats_timeout_s": max(1.0, 10 * options.stats_period_s),
     }
-    deployment: Any = serve.deployment(
-        DVNEngine,
-        name="DVNEngine",
-        **scale,
-        ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
-        max_ongoing_requests=options.max_ongoing_requests,
-        max_queued_requests=options.max_queued_requests,
-        # Ray waits this long for __del__ (the drain) before it kills a stopping replica.
-        graceful_shutdown_timeout_s=settings.drain_timeout_s + 5.0,
-        health_check_period_s=2.0,
-        request_router_config=RequestRouterConfig(**router),
-    )
+    with warnings.catch_warnings():  # Ray warns on any metrics_interval_s but its default
+        warnings.filterwarnings("ignore", "The `metrics_interval_s` field", DeprecationWarning)
+        deployment: Any = serve.deployment(
+            DVNEngine,
+            name="DVNEngine",
+            **scale,
+            ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+            max_ongoing_requests=options.max_ongoing_requests,
+            max_queued_requests=options.max_queued_requests,
+            # Ray waits this long for __del__ (the drain) before it kills a stopping replica.
+            graceful_shutdown_timeout_s=settings.drain_timeout_s + 5.0,
+            health_check_period_s=2.0,
+            request_router_config=RequestRouterConfig(**router),
+        )
     app: Application = deployment.bind(settings.model_dump_json(), forward_wrapper)
     return app
 

@@ -51,6 +51,20 @@ def test_serve_config_args_build_the_application(monkeypatch: pytest.MonkeyPatch
     assert engine.ray_actor_options["num_cpus"] == app["args"]["num_cpus"]
 
 
+@pytest.mark.parametrize(("look_back", "push"), [(None, 10.0), (60.0, 10.0), (2.0, 1.0)])
+def test_autoscaling_window_and_metrics_push(
+    monkeypatch: pytest.MonkeyPatch, look_back: float | None, push: float
+) -> None:
+    # Ray's defaults (30 s window, 10 s push) unless the window is shorter than two pushes:
+    # then the queue depth is pushed twice a window (Ray needs it shorter than the window).
+    monkeypatch.delenv("DVN_CHECKPOINT", raising=False)
+    (app,) = load(SERVE_CONFIG)["applications"]
+    args = app["args"] if look_back is None else {**app["args"], "look_back_s": look_back}
+    engine = build(args)._bound_deployment.init_args[0]._bound_deployment
+    scale = engine._deployment_config.autoscaling_config
+    assert (scale.look_back_period_s, scale.metrics_interval_s) == (look_back or 30.0, push)
+
+
 def test_bad_args_are_refused_by_name() -> None:
     (app,) = load(SERVE_CONFIG)["applications"]
     with pytest.raises(Exception, match="replicaz"):

@@ -295,7 +295,7 @@ async def test_queue_depth_scales_up_then_idle_scales_down(
     settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=2.0)
     options = RayOptions(
         replicas=1, max_replicas=2, target_queue=1, upscale_delay_s=0, downscale_delay_s=1,
-        num_cpus=0.25,
+        look_back_s=2, num_cpus=0.25,
     )  # fmt: skip
     (tmp_path / "slow-on").touch()
     app = build_application(settings, options, Ledger(str(tmp_path), all_slow=True))
