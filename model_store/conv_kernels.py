@@ -1,7 +1,9 @@
 """Which CPU kernel runs a plan's convolution, by batch size.
 
-On the CPU, PyTorch runs a convolution of one example with aten's direct kernel (im2col and
-a GEMM per example, ``thnn_conv2d``) and a convolution of more than one with oneDNN. oneDNN's
+On the CPU, PyTorch runs a convolution of more than one example with oneDNN, and one of a
+single example with aten's direct kernel (im2col and a GEMM per example, ``thnn_conv2d``) or
+with oneDNN, by a heuristic of its own (kept: timing the two at one example too made no
+level faster, docs/decisions.md). oneDNN's
 fixed cost per call (most of it outside the kernel itself: the primitive, the weight and
 output reorders) is most of the time of a small convolution, so a batch of two used to cost
 a small level several times a batch of one (docs/decisions.md has the figures). The direct
@@ -12,8 +14,8 @@ has a crossover: batches below it run the direct kernel, from it oneDNN. It is m
 first time a convolution of that geometry runs in the process (cudnn.benchmark's idea, and
 like it kept for the process): both kernels timed, best of ``REPEATS``, at batch sizes
 2, 4, 8, ... up to ``MAX_TUNED``, until oneDNN is the faster at two sizes in a row. The two
-kernels compute the same convolution, to float rounding (the answers of a batch of one have
-always come from the direct kernel). Off the CPU, or where aten has no direct kernel, the
+kernels compute the same convolution, to float rounding (a batch of one runs as
+``F.conv2d`` always has). Off the CPU, or where aten has no direct kernel, the
 convolution always runs as ``F.conv2d`` does.
 """
 
