@@ -8,6 +8,7 @@ from server.engine.batching import Batcher
 from server.engine.forecast import Forecaster
 from server.engine.outcome import Answer, missed_kind, outcome_of
 from server.engine.pending import BatchEvent
+from server.engine.profile import Pace
 from server.errors import ServeError
 from server.metrics import Metrics
 
@@ -19,6 +20,7 @@ class Accounting:
     forecast: Forecaster
     batcher: Batcher
     tasks: dict[str, TaskEntry]
+    pace: Pace
 
     def account(
         self, task: str, answer: Answer | None, error: ServeError | None, examples: int
@@ -65,6 +67,7 @@ class Accounting:
         if event.failed:
             self.metrics.batch_failed(task=event.task, level=event.level)
             return
+        self.pace.record((event.task, event.level), event.examples, event.seconds)
         entry = self.tasks[event.task].levels[event.level - 1]
         self.metrics.batch_done(
             task=event.task, level=event.level, units=entry.units, examples=event.examples,

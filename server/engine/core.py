@@ -24,7 +24,7 @@ from server.engine.executor import Executor
 from server.engine.forecast import Forecaster
 from server.engine.outcome import Answer, ClientDisconnected, Handling
 from server.engine.pending import Clock, Pending
-from server.engine.profile import LatencyProfile, predict_latency
+from server.engine.profile import LatencyProfile, Pace, predict_latency
 from server.engine.selection import (
     OnMiss,
     Selection,
@@ -88,6 +88,7 @@ class Engine(Accounting):
             clock=clock,
         )
         self.forecast = Forecaster(profile, self.batcher, settings)
+        self.pace = Pace()  # against the start-up profile, once the runtime has measured it
 
     # -- lookups ---------------------------------------------------------------------
     def task(self, name: str) -> TaskEntry:

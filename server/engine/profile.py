@@ -71,6 +71,29 @@ class LatencyProfile:
         return {k: dict(v) for k, v in self.table.items()}
 
 
+@dataclass
+class Pace:
+    """How fast forwards run now against what the start-up profile predicted for them: 1.0
+    as measured at start-up, 3.0 three times slower (a throttled device, a busy neighbour, a
+    slowed replica), in any level. Sums decayed by ``decay`` a batch, so the last few dozen
+    batches count. A replica sent nothing keeps its last pace until it computes again."""
+
+    startup: LatencyProfile = field(default_factory=LatencyProfile)
+    decay: float = 0.9
+    observed_s: float = 0.0
+    expected_s: float = 0.0
+
+    def record(self, key: LevelKey, batch: int, seconds: float) -> None:
+        expected = self.startup.forward_s(key, batch)
+        if expected > 0:
+            self.observed_s = self.decay * self.observed_s + seconds
+            self.expected_s = self.decay * self.expected_s + expected
+
+    @property
+    def ratio(self) -> float:
+        return self.observed_s / self.expected_s if self.expected_s > 0 else 1.0
+
+
 @dataclass(frozen=True)
 class QueueState:
     """What is ahead of a new request: the batch running now and the queued examples."""

@@ -131,6 +131,7 @@ class Runtime:
             SERVER.exception("warm-up failed: the server will not turn ready")
             return
         service.profile.table.update(profile.table)
+        service.pace.startup = LatencyProfile(table=profile.snapshot())
         await asyncio.to_thread(release_freed_heap)
         for task, level in profile.table:
             service.metrics.watch_predicted(

@@ -127,7 +127,8 @@ class DVNEngine:
         """What the request router weighs (Ray calls this every
         ``request_routing_stats_period_s``): when, whether ready, requests in flight, and
         per task the earliest answer a new request could get here (``wait_s``) and on an
-        idle replica (``floor_s``)."""
+        idle replica (``floor_s``), and how fast its forwards run now against its start-up
+        profile (``pace``, :class:`~server.engine.profile.Pace`)."""
         status = engine_status(self.runtime)
         service = self.runtime.service
         return {
@@ -135,6 +136,7 @@ class DVNEngine:
             "ready": status["ready"],
             "inflight": 0 if service is None else service.inflight,
             "admissions": status["admissions"],
+            "pace": 1.0 if service is None else service.pace.ratio,
         }
 
     def check_health(self) -> None:

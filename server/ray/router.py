@@ -5,8 +5,9 @@ Each replica reports (``DVNEngine.record_routing_stats``, every
 ``request_routing_stats_period_s``) per task the earliest a new request could be answered
 there, behind its queues and running forward (``wait_s``), and on an idle replica
 (``floor_s``). The router adds, for the requests it has sent a replica since that report,
-``floor_s`` each (the report does not know of them yet), and ranks the replicas by that
-prediction: the first that accepts the request gets it.
+``floor_s`` each (the report does not know of them yet), scales it by the replica's pace
+(how fast its forwards run now against its start-up profile, in every level), and ranks the
+replicas by that prediction: the first that accepts the request gets it.
 
 When a replica's report is missing or older than ``stale_after_s``, or the call is not an
 inference (status, exports), the router falls back to Ray's power of two choices:
@@ -58,15 +59,17 @@ class ReplicaView:
 
 def predicted_s(view: ReplicaView, task: str) -> float | None:
     """When a request of ``task`` sent now would be answered at this replica: its reported
-    ``wait_s``, plus ``floor_s`` for each request sent since the report. None: no report for
-    the task."""
+    ``wait_s``, plus ``floor_s`` for each request sent since the report, times its ``pace``
+    (its forwards' time now against its start-up profile, in every level: the level-1
+    figures alone do not show a replica slowed while it ran other levels). None: no report
+    for the task."""
     admission = view.stats.get("admissions", {}).get(task)
     if admission is None:
         return None
     wait_s, floor_s = admission
     at = float(view.stats.get("at", 0.0))
     since = sum(1 for t in view.sent if t > at)
-    return float(wait_s) + since * float(floor_s)
+    return (float(wait_s) + since * float(floor_s)) * float(view.stats.get("pace", 1.0))
 
 
 def rank_replicas(

@@ -18,8 +18,11 @@ NOW = 1000.0
 
 
 def view(name: str, wait_s: float, *, at: float = NOW - 0.1, ready: bool = True,
-         sent: tuple[float, ...] = (), floor_s: float = 0.01) -> ReplicaView:  # fmt: skip
+         sent: tuple[float, ...] = (), floor_s: float = 0.01,
+         pace: float | None = None) -> ReplicaView:  # fmt: skip
     stats: dict[str, Any] = {"at": at, "ready": ready, "admissions": {"digits": [wait_s, floor_s]}}
+    if pace is not None:
+        stats["pace"] = pace
     return ReplicaView(name, stats, list(sent))
 
 
@@ -54,6 +57,19 @@ def view(name: str, wait_s: float, *, at: float = NOW - 0.1, ready: bool = True,
             ["b", "a"],
             id="within-tie-s",
         ),
+        pytest.param(
+            # both idle at level 1, but a's forwards run 6x its start-up profile (slowed while
+            # it ran other levels): 6 ms against b's 1 ms
+            [view("a", 0.001, pace=6.0), view("b", 0.001, pace=1.0)],
+            ["b", "a"],
+            id="slow-pace-last",
+        ),
+        pytest.param(
+            # a slow replica still wins against a long enough queue: 6 ms against 20 ms
+            [view("a", 0.001, pace=6.0), view("b", 0.020)],
+            ["a", "b"],
+            id="pace-against-queue",
+        ),
         pytest.param([view("a", 0.050), view("b", 0.002, at=NOW - 5.0)], None, id="stale"),
         pytest.param([view("a", 0.050), ReplicaView("b", {}, [])], None, id="no-report"),
         pytest.param([], None, id="no-replicas"),
@@ -78,6 +94,11 @@ def test_unknown_task_or_non_inference_falls_back() -> None:
 def test_predicted_adds_floor_per_send_since_report() -> None:
     v = view("a", 0.004, sent=(NOW - 1.0, NOW, NOW), floor_s=0.003)
     assert predicted_s(v, "digits") == pytest.approx(0.010)
+
+
+def test_predicted_scales_by_the_replicas_pace() -> None:
+    v = view("a", 0.004, sent=(NOW - 1.0, NOW, NOW), floor_s=0.003, pace=2.5)
+    assert predicted_s(v, "digits") == pytest.approx(0.025)
 
 
 def _router() -> Any:

@@ -1,0 +1,67 @@
+"""The engine's pace: how fast its forwards run now against its start-up profile, in any
+level (what the Ray request router weighs, server/ray/router.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from server.engine.executor import ForwardFn
+from server.engine.profile import LatencyProfile, Pace
+from tests.conftest import AppClient, ServeFactory
+from tests.server.helpers import example
+
+KEY = ("digits", 4)
+STARTUP = LatencyProfile(table={KEY: {1: 0.001, 8: 0.004}})
+
+
+def test_pace_is_observed_over_expected_time() -> None:
+    pace = Pace(startup=STARTUP)
+    assert pace.ratio == 1.0  # nothing computed yet: as profiled
+    pace.record(KEY, 8, 0.012)
+    pace.record(KEY, 1, 0.003)
+    assert pace.ratio == pytest.approx(3.0)
+
+
+def test_pace_forgets_old_batches() -> None:
+    pace = Pace(startup=STARTUP, decay=0.5)
+    for _ in range(20):
+        pace.record(KEY, 1, 0.010)  # 10x slow for a while
+    for _ in range(20):
+        pace.record(KEY, 1, 0.001)  # then as profiled
+    assert pace.ratio == pytest.approx(1.0, abs=1e-3)
+
+
+def test_unprofiled_forwards_do_not_count() -> None:
+    pace = Pace()  # before the warm-up measured anything
+    pace.record(KEY, 1, 5.0)
+    assert pace.ratio == 1.0
+
+
+SLOW_S = 0.02
+
+
+def slowed(forward: ForwardFn) -> ForwardFn:
+    def run(task: int, level: int, x: np.ndarray) -> np.ndarray:
+        time.sleep(SLOW_S)
+        return forward(task, level, x)
+
+    return run
+
+
+async def test_a_slowed_engine_reports_its_pace(serve: ServeFactory) -> None:
+    """Forwards as fast as the warm-up measured them: near 1. Every forward 20 ms slower
+    after it (a throttled device, a busy neighbour): several times the profile."""
+    client: AppClient = await serve()
+    service = client.app.state.runtime.service
+    assert service.pace.startup.table  # the warm-up's profile
+    x = {"inputs": example("digits", 0).tolist()}
+    for _ in range(5):
+        assert (await client.post("/infer/digits?level=4", json=x)).status_code == 200
+    before = service.pace.ratio
+    service.executor.forward = slowed(service.executor.forward)
+    for _ in range(10):
+        assert (await client.post("/infer/digits?level=4", json=x)).status_code == 200
+    assert before < 3.0 < service.pace.ratio, (before, service.pace.ratio)
