@@ -3,11 +3,11 @@
 On the CPU, PyTorch runs a convolution of more than one example with oneDNN, and one of a
 single example with aten's direct kernel (im2col and a GEMM per example, ``thnn_conv2d``) or
 with oneDNN, by a heuristic of its own (kept: timing the two at one example too made no
-level faster, docs/decisions.md). oneDNN's
-fixed cost per call (most of it outside the kernel itself: the primitive, the weight and
-output reorders) is most of the time of a small convolution, so a batch of two used to cost
-a small level several times a batch of one (docs/decisions.md has the figures). The direct
-kernel's cost grows with the batch instead.
+level faster, docs/decisions.md). oneDNN's fixed cost per call (most of it outside the
+kernel itself: the primitive, the weight and output reorders) is most of the time of a
+small convolution, so a batch of two used to cost a small level several times a batch of
+one (docs/decisions.md has the figures). The direct kernel's cost grows with the batch
+instead.
 
 So each convolution geometry (channels, kernel, stride, padding, input size, device threads)
 has a crossover: batches below it run the direct kernel, from it oneDNN. It is measured the
