@@ -89,23 +89,44 @@ def send(url: str, kind: str) -> tuple[int, bool | None, float]:
     return 200, params["budget_met"], params["measured_latency_ms"]
 
 
-def test_first_request_of_each_body_type_is_as_fast_as_later_ones(tmp_path: Path) -> None:
-    # Two front ends, a new connection per request: the first requests reach both, and
-    # each must have warmed its own codecs.
-    with dvn_serve(demo_checkpoint(), tmp_path / "serve.log", "--workers", "2") as server:
+Sample = tuple[int, bool | None, float]
+
+
+def fresh_server_samples(log_path: Path) -> tuple[dict[str, Sample], dict[str, list[Sample]]]:
+    """A fresh two-front-end server's first request of each body type, and the next
+    ``LATER`` of each. Two front ends, a new connection per request: the first requests reach
+    both, and each must have warmed its own codecs."""
+    with dvn_serve(demo_checkpoint(), log_path, "--workers", "2") as server:
         send(server.url, "json")
         first = {kind: send(server.url, kind) for kind in BODIES}
         later = {kind: [send(server.url, kind) for _ in range(LATER)] for kind in BODIES}
-        log = server.output()
+        assert server.output().count("front end warmed up") == 2, server.output()
+    return first, later
+
+
+def slow_firsts(first: dict[str, Sample], later: dict[str, list[Sample]]) -> list[str]:
+    """The body types whose first request was refused, missed its budget, or was slower than
+    ``MAX_RATIO`` x the later ones' median (and than the slowest of them)."""
+    slow = []
     for kind in BODIES:
-        _, met, latency = first[kind]
-        assert [s for s, _, _ in [first[kind], *later[kind]]] == [200] * (1 + LATER), (
-            kind,
-            first[kind],
-            later[kind],
-        )
-        assert met, (kind, first[kind])
+        status, met, latency = first[kind]
+        assert [s for s, _, _ in later[kind]] == [200] * LATER, (kind, later[kind])
         answered = [ms for _, _, ms in later[kind]]
         limit = max(MAX_RATIO * statistics.median(answered), max(answered))
-        assert latency <= limit, (kind, first[kind], later[kind])
-    assert log.count("front end warmed up") == 2, log
+        if status != 200 or not met or not latency <= limit:
+            slow.append(f"{kind}: first {first[kind]}, later {later[kind]}")
+    return slow
+
+
+def test_first_request_of_each_body_type_is_as_fast_as_later_ones(tmp_path: Path) -> None:
+    # A cold path is slow on every fresh server; the shared box's hiccups are not (once in
+    # CI a first request took 24 ms, and such a stall shows at later requests too, shortly
+    # after start-up): a first request too slow is measured again on a second fresh server,
+    # and fails the test only if it is too slow there as well.
+    slow = slow_firsts(*fresh_server_samples(tmp_path / "serve.log"))
+    if slow:
+        again = slow_firsts(*fresh_server_samples(tmp_path / "serve-again.log"))
+        assert not [s for s in again if s.split(":")[0] in {k.split(":")[0] for k in slow}], (
+            slow,
+            again,
+        )
