@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the project on first use (and again when pyproject.toml changes).
 # The pinned CPU build of torch goes first: an unpinned torch would pull a multi-GB CUDA build.
+# pip compiles no bytecode (torch's and Ray's 15,000 files, about 30 s, most never imported):
+# importing the server's, the benchmarks' and the tests' modules once compiles what they use
+# (docs/decisions.md, test suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -13,7 +16,9 @@ fi
 echo ">> setting up .venv (first run or pyproject.toml changed)"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "$TORCH_SPEC"
-.venv/bin/python -m pip install --quiet -e '.[dev,bench]'
+.venv/bin/python -m pip install --quiet --no-compile "$TORCH_SPEC"
+.venv/bin/python -m pip install --quiet --no-compile -e '.[dev,bench]'
+env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c \
+    'import dvn.cli, server.launcher, server.http.app, server.engine.process, server.ray.app, bench.all, matplotlib.pyplot'
 echo "$want" > "$stamp"
 echo ">> .venv ready"

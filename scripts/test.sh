@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/system-deps.sh
+# Python caches the bytecode of what the tests import (setup compiled only the server's and
+# the benchmarks' modules), where an environment may have turned that off.
+unset PYTHONDONTWRITEBYTECODE
 echo ">> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . >/dev/null || { .venv/bin/ruff format --check .; exit 1; }
