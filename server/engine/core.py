@@ -88,7 +88,7 @@ class Engine(Accounting):
             clock=clock,
         )
         self.forecast = Forecaster(profile, self.batcher, settings)
-        self.pace = Pace()  # against the start-up profile, once the runtime has measured it
+        self.pace = Pace(clock=clock)  # against the start-up profile, once measured
 
     # -- lookups ---------------------------------------------------------------------
     def task(self, name: str) -> TaskEntry:

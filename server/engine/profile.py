@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 LevelKey = tuple[str, int]  # (task, level)
@@ -76,22 +77,36 @@ class Pace:
     """How fast forwards run now against what the start-up profile predicted for them: 1.0
     as measured at start-up, 3.0 three times slower (a throttled device, a busy neighbour, a
     slowed replica), in any level. Sums decayed by ``decay`` a batch, so the last few dozen
-    batches count. A replica sent nothing keeps its last pace until it computes again."""
+    batches count; and the evidence fades with time (``half_life_s`` on ``clock``): a replica
+    sent nothing drifts back to 1.0, so a router tries a recovered replica again, and its
+    next batches say whether it is still slow."""
 
     startup: LatencyProfile = field(default_factory=LatencyProfile)
     decay: float = 0.9
+    half_life_s: float = 10.0
+    clock: Callable[[], float] = time.monotonic
     observed_s: float = 0.0
     expected_s: float = 0.0
+    last_s: float | None = None  # when the sums were last brought up to date
 
     def record(self, key: LevelKey, batch: int, seconds: float) -> None:
         expected = self.startup.forward_s(key, batch)
         if expected > 0:
+            now = self.clock()
+            self.observed_s = self.expected_s * self._at(now)  # the faded pace, rebased
             self.observed_s = self.decay * self.observed_s + seconds
             self.expected_s = self.decay * self.expected_s + expected
+            self.last_s = now
 
     @property
     def ratio(self) -> float:
-        return self.observed_s / self.expected_s if self.expected_s > 0 else 1.0
+        return self._at(self.clock())
+
+    def _at(self, now: float) -> float:
+        if self.expected_s <= 0 or self.last_s is None:
+            return 1.0
+        faded = math.exp(-math.log(2) * max(0.0, now - self.last_s) / self.half_life_s)
+        return 1.0 + (self.observed_s / self.expected_s - 1.0) * faded
 
 
 @dataclass(frozen=True)

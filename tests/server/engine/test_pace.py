@@ -17,8 +17,16 @@ KEY = ("digits", 4)
 STARTUP = LatencyProfile(table={KEY: {1: 0.001, 8: 0.004}})
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_pace_is_observed_over_expected_time() -> None:
-    pace = Pace(startup=STARTUP)
+    pace = Pace(startup=STARTUP, clock=Clock())
     assert pace.ratio == 1.0  # nothing computed yet: as profiled
     pace.record(KEY, 8, 0.012)
     pace.record(KEY, 1, 0.003)
@@ -26,12 +34,30 @@ def test_pace_is_observed_over_expected_time() -> None:
 
 
 def test_pace_forgets_old_batches() -> None:
-    pace = Pace(startup=STARTUP, decay=0.5)
+    pace = Pace(startup=STARTUP, decay=0.5, clock=Clock())
     for _ in range(20):
         pace.record(KEY, 1, 0.010)  # 10x slow for a while
     for _ in range(20):
         pace.record(KEY, 1, 0.001)  # then as profiled
     assert pace.ratio == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_idle_engine_drifts_back_to_the_profiled_pace() -> None:
+    clock = Clock()
+    pace = Pace(startup=STARTUP, clock=clock)  # half-life 10 s
+    pace.record(KEY, 1, 0.003)
+    assert pace.ratio == pytest.approx(3.0)
+    clock.now = 10.0
+    assert pace.ratio == pytest.approx(2.0)  # half the way back to 1
+    clock.now = 20.0
+    assert pace.ratio == pytest.approx(1.5)
+    # Still slow once it computes again: the faded 1.5 (0.9 x 0.0015 s against 0.9 x
+    # 0.001 s) and the new 3x batch.
+    pace.record(KEY, 1, 0.003)
+    assert pace.ratio == pytest.approx((0.9 * 0.0015 + 0.003) / (0.9 * 0.001 + 0.001))
+    for _ in range(30):
+        pace.record(KEY, 1, 0.003)
+    assert pace.ratio == pytest.approx(3.0, abs=0.05)
 
 
 def test_unprofiled_forwards_do_not_count() -> None:
