@@ -8,11 +8,14 @@ import math
 import os
 import signal
 import threading
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from server.engine.runtime import pick_device
 from server.logs import SERVER
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.ray.app import RayOptions
 
 APP_NAME = "dvn"
 
@@ -34,6 +37,27 @@ def local_share(replicas: int, ingress_cpus: float = 0.25) -> float:
     return min(1.0, max(0.05, math.floor(share * 100) / 100))  # floor: the sum must fit
 
 
+def layout(
+    settings: Settings,
+    replicas: int | None,
+    address: str | None,
+    router: Literal["budget", "pow2"] = "budget",
+) -> RayOptions:
+    """The application's layout: on CUDA a replica per GPU (``replicas`` or every local
+    one), each holding one (``num_gpus: 1``) and a core; on CPUs, on a cluster a core a
+    replica, on the local Ray a share of the cores (:func:`local_share`)."""
+    from server.ray.app import RayOptions
+
+    gpu = pick_device(settings.device).type == "cuda"
+    count = replicas or default_replicas(settings)
+    return RayOptions(
+        replicas=count,
+        num_gpus=1.0 if gpu else 0.0,
+        num_cpus=1.0 if gpu or address is not None else local_share(count),
+        router=router,
+    )
+
+
 def run(
     settings: Settings,
     replicas: int | None,
@@ -45,16 +69,9 @@ def run(
     import ray
     from ray import serve
 
-    from server.ray.app import RayOptions, build_application
+    from server.ray.app import build_application
 
-    gpu = pick_device(settings.device).type == "cuda"
-    count = replicas or default_replicas(settings)
-    options = RayOptions(
-        replicas=count,
-        num_gpus=1.0 if gpu else 0.0,
-        num_cpus=1.0 if gpu or address is not None else local_share(count),
-        router=router,
-    )
+    options = layout(settings, replicas, address, router)
     ray.init(address=address, include_dashboard=False)  # None: start a local Ray
 
     def stop(signum: int, frame: object) -> None:

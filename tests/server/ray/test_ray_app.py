@@ -46,6 +46,7 @@ from server.ray.app import RayOptions, build_application  # noqa: E402
 
 NPY = {"content-type": "application/x-npy"}
 SLOW_S = 0.05
+GPUS = 2
 START_TIMEOUT_S = 180
 
 
@@ -78,6 +79,18 @@ class Ledger:
         return recorded
 
 
+@dataclass(frozen=True)
+class Devices:
+    """A forward wrapper that writes, once per replica at start-up, the GPUs Ray gave it."""
+
+    directory: str
+
+    def __call__(self, forward: ForwardFn) -> ForwardFn:
+        gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+        (Path(self.directory) / str(os.getpid())).write_text(gpus)
+        return forward
+
+
 @dataclass
 class RayApp:
     url: str
@@ -102,7 +115,9 @@ def free_port() -> int:
 def ray_app(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
     ledger = tmp_path_factory.mktemp("ledger")
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Two logical GPUs (Ray schedules them as it would real ones; the replicas compute on
+    # the CPU, as settings say): the GPU placement test's devices.
+    ray.init(num_cpus=2, num_gpus=GPUS, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=2.0)
@@ -250,6 +265,25 @@ async def test_max_queued_requests_answered_429_in_our_shape(
                 "retry after Retry-After",
             )
             assert response.headers["retry-after"] == "1"
+
+
+def test_num_gpus_one_places_a_replica_on_each_gpu(
+    ray_app: RayApp, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # What dvn serve --ray asks for on CUDA (server/ray/launch.py) and rayservice.yaml sets:
+    # one GPU a replica. Ray gives each replica a device of its own, named in its
+    # CUDA_VISIBLE_DEVICES, so each engine's cuda:0 is a different card.
+    settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=2.0)
+    options = RayOptions(replicas=GPUS, num_gpus=1, num_cpus=0.25)
+    serve.run(build_application(settings, options, Devices(str(tmp_path))), name="gpus",
+              route_prefix="/gpus")  # fmt: skip
+    try:
+        status = serve.status().applications["gpus"].deployments["DVNEngine"]
+    finally:
+        serve.delete("gpus", _blocking=False)  # drains beside the next test
+    assert status.replica_states.get("RUNNING") == GPUS, status.replica_states
+    given = sorted(path.read_text() for path in tmp_path.iterdir())
+    assert given == [str(g) for g in range(GPUS)], given
 
 
 async def test_scale_down_under_load_drains(
