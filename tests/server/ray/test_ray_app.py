@@ -286,7 +286,7 @@ def test_num_gpus_one_places_a_replica_on_each_gpu(
     assert given == [str(g) for g in range(GPUS)], given
 
 
-async def test_scale_down_under_load_drains(
+async def test_replicas_stopped_under_load_drain(
     ray_app: RayApp, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=5.0)
@@ -310,7 +310,10 @@ async def test_scale_down_under_load_drains(
 
             users = asyncio.gather(*(user(i * 100) for i in range(6)))
             await asyncio.sleep(0.5)
-            await asyncio.to_thread(deploy, 1)  # one replica stops, with requests
+            # Ray versions every serve.run anew, so this replaces both replicas by one (a
+            # rolling update): they stop with requests in flight, as a scaled-down replica
+            # does (Ray's graceful shutdown, then the engine's drain).
+            await asyncio.to_thread(deploy, 1)
             await users
         status = serve.status().applications["shrink"].deployments["DVNEngine"]
     finally:
