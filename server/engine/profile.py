@@ -83,7 +83,7 @@ class Pace:
 
     startup: LatencyProfile = field(default_factory=LatencyProfile)
     decay: float = 0.9
-    half_life_s: float = 10.0
+    half_life_s: float = 5.0
     clock: Callable[[], float] = time.monotonic
     observed_s: float = 0.0
     expected_s: float = 0.0

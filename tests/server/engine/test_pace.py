@@ -44,7 +44,7 @@ def test_pace_forgets_old_batches() -> None:
 
 def test_an_idle_engine_drifts_back_to_the_profiled_pace() -> None:
     clock = Clock()
-    pace = Pace(startup=STARTUP, clock=clock)  # half-life 10 s
+    pace = Pace(startup=STARTUP, clock=clock, half_life_s=10.0)
     pace.record(KEY, 1, 0.003)
     assert pace.ratio == pytest.approx(3.0)
     clock.now = 10.0
