@@ -2,8 +2,8 @@
 # Creates .venv and installs the project on first use (and again when pyproject.toml changes).
 # The pinned CPU build of torch goes first: an unpinned torch would pull a multi-GB CUDA build.
 # pip compiles no bytecode (torch's and Ray's 15,000 files, about 30 s, most never imported):
-# importing the server's, the benchmarks' and the tests' modules once compiles what they use
-# (docs/decisions.md, test suite).
+# importing the server's and the benchmarks' modules once compiles what they use, and the
+# tests cache what else they import (scripts/test.sh; docs/decisions.md, test suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
