@@ -18,7 +18,15 @@ echo ">> setting up .venv (first run or pyproject.toml changed)"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet --no-compile "$TORCH_SPEC"
 .venv/bin/python -m pip install --quiet --no-compile -e '.[dev,bench]'
-env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c \
-    'import dvn.cli, server.launcher, server.http.app, server.engine.process, server.ray.app, bench.all, matplotlib.pyplot'
+# What dvn serve, its front ends (uvicorn's protocols, Pillow's plugins) and bench import.
+WARM=(dvn.cli server.launcher server.http.app server.engine.process server.ray.app bench.all
+      matplotlib.pyplot uvicorn.loops.auto uvicorn.loops.uvloop uvicorn.protocols.http.auto
+      uvicorn.protocols.http.httptools_impl uvicorn.protocols.websockets.auto
+      uvicorn.protocols.websockets.websockets_sansio_impl zmq.utils.monitor numpy.random)
+env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c 'import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+from PIL import Image
+Image.init()' "${WARM[@]}"
 echo "$want" > "$stamp"
 echo ">> .venv ready"
