@@ -202,7 +202,8 @@ class Engine(Accounting):
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False on timeout."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):  # see MPClient._call_within
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

@@ -77,6 +77,7 @@ class MPClient(RemoteClient):
         self._admissions: dict[str, Admission] = {}  # the engine's, as of its last status
         self._admissions_at = 0.0  # when that status was received
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._ctx: zmq.asyncio.Context | None = None
         self._socket: zmq.asyncio.Socket | None = None
 
@@ -102,6 +103,7 @@ class MPClient(RemoteClient):
         ]
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -112,8 +114,10 @@ class MPClient(RemoteClient):
             with contextlib.suppress(zmq.ZMQError):
                 self._socket.disable_monitor()
             self._socket.close(linger=0)
+            self._socket = None
         if self._ctx is not None:
             self._ctx.term()
+            self._ctx = None
 
     # -- status --------------------------------------------------------------------------
     def _down(self, why: str) -> None:
@@ -141,25 +145,25 @@ class MPClient(RemoteClient):
             monitor.close(linger=0)
 
     async def _poll_status(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._flush_refused()
-                value = await self._call_within("status", {}, self.down_after_s)
+                self._reported(await self._call_within("status", {}, self.down_after_s))
             except ServeError:
                 self._down(f"no status within {self.down_after_s:g} s")
             except Exception:  # a bug of ours must not stop the status from being kept
                 SERVER.exception("engine status poll failed")
-            else:
-                was = self._status
-                self._admissions = {
-                    task: Admission(wait, floor)
-                    for task, (wait, floor) in value["admissions"].items()
-                }
-                self._admissions_at = time.perf_counter()
-                self._status = EngineStatus.reported(value)
-                if self._status.ready and not was.ready:
-                    SERVER.info("engine ready", extra={"fields": {"pid": value["pid"]}})
             await asyncio.sleep(self.status_interval_s)
+
+    def _reported(self, value: dict[str, Any]) -> None:
+        was = self._status
+        self._admissions = {
+            task: Admission(wait, floor) for task, (wait, floor) in value["admissions"].items()
+        }
+        self._admissions_at = time.perf_counter()
+        self._status = EngineStatus.reported(value)
+        if self._status.ready and not was.ready:
+            SERVER.info("engine ready", extra={"fields": {"pid": value["pid"]}})
 
     # -- messages ----------------------------------------------------------------------
     async def _send(self, frames: list[Any]) -> None:
@@ -205,7 +209,10 @@ class MPClient(RemoteClient):
         future = self._expect(id)
         try:
             await self._send([wire.encode(wire.Call(id, method, args))])
-            reply, _ = await asyncio.wait_for(future, timeout)
+            # Not asyncio.wait_for: on Python 3.11 it returns a reply that lands in the
+            # same turn as a cancel and drops the cancel, so close() never ended the poll.
+            async with asyncio.timeout(timeout):
+                reply, _ = await future
         except TimeoutError:
             raise EngineUnavailable(
                 f"the engine did not answer {method!r} within {timeout:g} s; retry shortly",

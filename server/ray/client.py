@@ -109,6 +109,7 @@ class RayEngineClient(RemoteClient):
         self._responses: dict[int, DeploymentResponse[Any]] = {}
         self._abandoned: set[int] = set()
         self._poll: asyncio.Task[None] | None = None
+        self._closing = False
         # Replicas by when a status last came from one (the router spreads the polls):
         # those seen within forget_after_s are scraped by name for /metrics.
         self._seen: dict[str, float] = {}
@@ -126,6 +127,7 @@ class RayEngineClient(RemoteClient):
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
+        self._closing = True
         if self._poll is not None:
             self._poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -133,12 +135,11 @@ class RayEngineClient(RemoteClient):
         await self._flush_refused()
 
     async def _poll_status(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._flush_refused()
-                value = await asyncio.wait_for(
-                    self.handle.status.remote(), self.down_after_s
-                )  # fmt: skip
+                async with asyncio.timeout(self.down_after_s):  # see MPClient._call_within
+                    value = await self.handle.status.remote()
             except BackPressureError:
                 pass  # up, and full: the last status stands (inference gets the 429s)
             except (TimeoutError, RayServeException, RayActorError, RayTaskError) as e:

@@ -158,3 +158,21 @@ async def test_a_closed_engine_fails_what_it_held_at_once(
     assert failed.value.retry_after_s == 1
     assert isinstance(failed.value, ServeError) and failed.value.status == 503
     release.set()
+
+
+async def test_close_ends_the_status_poll_when_its_reply_lands_with_the_close(
+    pair: Pair,
+) -> None:
+    # A status reply and close()'s cancel in the same turn of the loop: Python 3.11's
+    # asyncio.wait_for returned the reply and dropped the cancel, the poll ran on with
+    # nothing receiving, and close() waited on it for ever (a CI teardown hung 300 s).
+    status = await pair.client.call("status")
+    pair.serving.cancel()  # nothing answers: the next status call stays outstanding
+    await wait_until(lambda: bool(pair.client._waiting), 5, "an outstanding status call")
+    id, waiting = next(iter(pair.client._waiting.items()))
+    waiting.future.set_result((wire.Result(id, status), None))
+    async with asyncio.timeout(5) as timer:
+        await pair.client.close()  # cancels before the reply is handled: no task between
+    # Expiry cancels close(), and that second cancel does end the poll: close() returns
+    # either way, so what tells a hang is whether the timer had to fire.
+    assert not timer.expired()
