@@ -38,7 +38,7 @@ from server.http.protocol import Status
 from server.http.routes import ERRORS
 from server.http.routes import infer as infer_endpoint
 from server.http.routes import router as v1_router
-from server.http.warmup import warm_codecs
+from server.http.warmup import warm_codecs, warm_routes
 from server.logs import SERVER, access, configure_logging
 from server.settings import Settings
 
@@ -292,6 +292,7 @@ def create_app(
         # Before the first request: the engine warms the model, each front end its codecs.
         started = time.perf_counter()
         warmed = warm_codecs(fe.client.manifest, fe.client.specs)
+        await warm_routes(app.router)
         SERVER.info(
             "front end warmed up",
             extra={

@@ -1,5 +1,6 @@
-"""A front end's own warm-up: every decoder and encoder run once on synthetic data, so that
-the first request of each body type costs what later ones do.
+"""A front end's own warm-up: every decoder and encoder run once on synthetic data, and
+every router tried once, so that the first request of each body type and route costs what
+later ones do.
 
 Without it the first PNG request of a fresh server paid for Pillow loading its image
 plugins (more than the README's 5 ms budget), and the first of every other
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 from fastapi.responses import JSONResponse
 from PIL import Image
+from starlette.types import ASGIApp, Message, Scope
 
 from model_store.manifest import Manifest, TaskEntry
 from model_store.tasks import TaskSpec
@@ -38,6 +40,7 @@ from server.http.params import parse_infer_query
 WARM_BUDGET = "5ms,100KiB"  # the README's example: both kinds of constraint
 WARM_EXAMPLES, WARM_PIXELS = 2, 1 << 20  # what the synthetic bodies hold, at most
 OIP_BODY = "oip/"  # prefix of the OIP JSON bodies in what warm_codecs reports, by datatype
+UNROUTED = "/-/warm-up"  # a path no route takes: routing it tries every route
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -137,3 +140,28 @@ def warm_codecs(manifest: Manifest, specs: dict[str, TaskSpec]) -> set[str]:
             doc = inference_response(answer, manifest.version, "warm-up", list(OUTPUT_NAMES))
             JSONResponse(doc, headers=infer_headers(answer))
     return decoded
+
+
+async def warm_routes(router: ASGIApp) -> None:
+    """Route one request that no route takes through ``router`` (the app's router, inside
+    its middleware: nothing logged or counted), answered 404 to nobody.
+
+    FastAPI builds an included router's route state (a pydantic field per parameter of
+    each of its routes) on the first request tried against that router, in each process:
+    about 20 ms for the Open Inference Protocol's routes, paid by the first such request
+    of a front end that had not served one (docs/decisions.md, cold paths). A path that
+    matches nothing is tried against every route, so every router is built here.
+    """
+    scope: Scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": UNROUTED, "raw_path": UNROUTED.encode(), "root_path": "",
+        "query_string": b"", "headers": [], "client": None, "server": None,
+    }  # fmt: skip
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    await router(scope, receive, send)

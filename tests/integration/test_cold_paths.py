@@ -119,10 +119,12 @@ def slow_firsts(first: dict[str, Sample], later: dict[str, list[Sample]]) -> dic
 
 
 def test_first_request_of_each_body_type_is_as_fast_as_later_ones(tmp_path: Path) -> None:
-    # A cold path is slow on every fresh server; the shared box's hiccups are not (once in
-    # CI a first request took 24 ms, and such a stall shows at later requests too, shortly
-    # after start-up): a first request too slow is measured again on a second fresh server,
-    # and fails the test only if it is too slow there as well.
+    # A cold path is slow on every fresh server; the shared box's hiccups are not: a first
+    # request too slow is measured again on a second fresh server, and fails the test only
+    # if it is too slow there as well. (A 20 ms stall in a third of fresh servers, the first
+    # OIP request at the front end the start-up probe had not reached, was FastAPI building
+    # its routers' state: warm_routes does it now, and tests/server/http/test_warmup.py
+    # counts the calls of each router's first request.)
     slow = slow_firsts(*fresh_server_samples(tmp_path / "serve.log"))
     if slow:
         again = slow_firsts(*fresh_server_samples(tmp_path / "serve-again.log"))
