@@ -77,7 +77,6 @@ class MPClient(RemoteClient):
         self._admissions: dict[str, Admission] = {}  # the engine's, as of its last status
         self._admissions_at = 0.0  # when that status was received
         self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
         self._ctx: zmq.asyncio.Context | None = None
         self._socket: zmq.asyncio.Socket | None = None
 

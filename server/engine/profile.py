@@ -93,8 +93,8 @@ class Pace:
         expected = self.startup.forward_s(key, batch)
         if expected > 0:
             now = self.clock()
-            self.observed_s = self.expected_s * self._at(now)  # the faded pace, rebased
-            self.observed_s = self.decay * self.observed_s + seconds
+            # The faded pace, rebased on the expected sum, then this batch added.
+            self.observed_s = self.decay * self.expected_s * self._at(now) + seconds
             self.expected_s = self.decay * self.expected_s + expected
             self.last_s = now
 

@@ -56,6 +56,9 @@ class RemoteClient(EngineClient):
         self.inflight = 0  # inference requests at the engine
         self._status = EngineStatus(up=False)
         self._refused: Counter[tuple[str, str, str | None, bool]] = Counter()
+        # Set by close() before it cancels the status poll, which stops on it too: a cancel
+        # that lands with a poll's reply may be lost (docs/decisions.md, timed waits).
+        self._closing = False
 
     # -- transport -------------------------------------------------------------------------
     @abc.abstractmethod

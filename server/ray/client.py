@@ -109,7 +109,6 @@ class RayEngineClient(RemoteClient):
         self._responses: dict[int, DeploymentResponse[Any]] = {}
         self._abandoned: set[int] = set()
         self._poll: asyncio.Task[None] | None = None
-        self._closing = False
         # Replicas by when a status last came from one (the router spreads the polls):
         # those seen within forget_after_s are scraped by name for /metrics.
         self._seen: dict[str, float] = {}
