@@ -33,7 +33,7 @@ from bench._common import machine_line, write_report
 from bench._process import ROOT, ServerProcess, dvn_serve, free_port
 from bench.peers import progress, stop_process_group, wait_for
 from clients.loadtest import LoadTestConfig, run_loadtest
-from model_store.checkpoint import WEIGHTS, read_manifest
+from model_store.manifest import WEIGHTS, read_manifest
 
 GOAL_RATIO = 1.2
 MiB = 1024 * 1024

@@ -42,7 +42,7 @@ from bench import _process
 from bench._common import machine_line, write_report
 from bench._process import ROOT, dvn_serve
 from clients._wire import WireTransport
-from model_store.checkpoint import config_from_manifest, read_manifest
+from model_store.manifest import config_from_manifest, read_manifest
 from server.settings import Settings, demo_checkpoint
 
 PARTS = ("frontend", "inline", "threads")

@@ -282,7 +282,7 @@ def run_scale(
     Raises:
         ValueError: the checkpoint has no such task or level.
     """
-    from model_store.checkpoint import read_manifest
+    from model_store.manifest import read_manifest
     from server.settings import demo_checkpoint, load_settings
 
     o = options or ScaleOptions()

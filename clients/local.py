@@ -64,7 +64,7 @@ class LocalDVN:
         """Load an exported checkpoint: its directory or the ``.tar`` the server exports.
 
         Raises:
-            model_store.checkpoint.CheckpointError (a ValueError): not a valid checkpoint
+            model_store.manifest.CheckpointError (a ValueError): not a valid checkpoint
             (the message says what to fix). ValueError: more than one task or level.
             ArchiveError: an unsafe or unreadable archive. FileNotFoundError: no such path.
         """

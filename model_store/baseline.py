@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from model_store.arch import DVNConfig, get_architecture
-from model_store.checkpoint import read_manifest
 from model_store.costs import level_params
 from model_store.evaluate import accuracy_of
+from model_store.manifest import read_manifest
 from model_store.model import DVN
 from model_store.presets import TrainConfig
 from model_store.train import epoch_steps, fit, load_tasks, pick_device

@@ -17,30 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model_store.arch import Backbone, DVNConfig
 from model_store.costs import LevelCost, dtype_size, level_costs, level_params
 from model_store.manifest import (
     FORMAT,
     FORMAT_VERSION,
+    MANIFEST,
+    WEIGHTS,
     Accuracy,
     Architecture,
+    CheckpointError,
     LevelEntry,
     Manifest,
     TaskEntry,
+    config_from_manifest,
+    read_manifest,
 )
 from model_store.model import DVN
-from model_store.tasks import TaskSpec
-
-WEIGHTS = "weights.safetensors"
-MANIFEST = "manifest.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -135,73 +130,6 @@ def save(
         os.replace(weights_tmp, out / WEIGHTS)
         os.replace(manifest_tmp, out / MANIFEST)
     return manifest
-
-
-def read_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Read and validate ``manifest.json`` of a checkpoint directory (weights untouched).
-
-    Raises:
-        CheckpointError: missing, not JSON, another format, a newer version, bad fields.
-    """
-    root = Path(path)
-    file = root / MANIFEST
-    if not root.is_dir():
-        raise CheckpointError(
-            f"checkpoint directory {root} does not exist; pass a directory holding "
-            f"{MANIFEST} and {WEIGHTS} (e.g. model_store/checkpoints/demo)"
-        )
-    if not file.is_file():
-        raise CheckpointError(
-            f"{file} is missing: {root} is not a DVN checkpoint; create one with "
-            "`dvn train` or `dvn export`"
-        )
-    try:
-        raw = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(
-            f"{file} is not valid JSON ({e}); the file is damaged: re-copy the checkpoint"
-        ) from e
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(
-            f"{file} has format {got!r}, expected {FORMAT!r}: not a DVN checkpoint"
-        )
-    version = raw.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{file} has no valid format_version (got {version!r})")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{file} has format_version {version}, newer than this dvn-serve reads "
-            f"(up to {FORMAT_VERSION}); upgrade dvn-serve to load it"
-        )
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
-        )
-        raise CheckpointError(f"{file} does not match the checkpoint schema: {problems}") from e
-
-
-def config_from_manifest(manifest: Manifest) -> DVNConfig:
-    """Rebuild the architecture a manifest describes."""
-    try:
-        backbone = Backbone.from_dict(manifest.architecture.backbone)
-        tasks = tuple(
-            TaskSpec.from_dict(
-                t.model_dump(include={"name", "classes", "input_shape", "preprocessing"})
-            )
-            for t in manifest.tasks
-        )
-        return DVNConfig(
-            backbone=backbone,
-            tasks=tasks,
-            unit_orders=tuple(tuple(t.unit_order) for t in manifest.tasks),
-            arch_name=manifest.architecture.name,
-            dtype=manifest.architecture.dtype,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"manifest describes an invalid architecture: {e}") from e
 
 
 def _check_shapes(model: DVN, tensors: dict[str, torch.Tensor], weights: Path) -> None:

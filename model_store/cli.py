@@ -140,7 +140,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from model_store.checkpoint import read_manifest
+    from model_store.manifest import read_manifest
     from model_store.report import format_levels
 
     manifest = read_manifest(args.checkpoint)

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from model_store.checkpoint import Checkpoint, CheckpointError
+from model_store.checkpoint import Checkpoint
 from model_store.evaluate import accuracy_of
-from model_store.manifest import Manifest
+from model_store.manifest import CheckpointError, Manifest
 from model_store.presets import TrainConfig
 
 

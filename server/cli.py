@@ -77,12 +77,13 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from model_store.checkpoint import load
-    from server.engine.runtime import FINAL_GRACE_S, pick_device
+    from server.engine.runtime import pick_device
     from server.http.app import create_app
     from server.http.serving import DrainingServer
     from server.launcher import Supervisor, default_workers
     from server.logs import SERVER, configure_logging
     from server.settings import load_settings, retired_in_use
+    from server.shutdown import FINAL_GRACE_S
 
     settings = load_settings(
         checkpoint=args.checkpoint,

@@ -25,14 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from server.engine.runtime import FINAL_GRACE_S, default_torch_threads, pick_device
+from server.engine.runtime import default_torch_threads, pick_device
 from server.logs import SERVER
 from server.settings import Settings
+from server.shutdown import EXIT_GRACE_S, FRONTEND_EXTRA_S
 
-# Longest a child may take to exit after its SIGTERM beyond the drain timeout.
-EXIT_GRACE_S = FINAL_GRACE_S + 5.0
-# A front end waits this much longer than the engine for the engine's last answers.
-FRONTEND_EXTRA_S = 1.0
 # A child that keeps dying is restarted at most this often.
 RESTART_BACKOFF_S = 0.5
 

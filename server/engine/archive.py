@@ -8,8 +8,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from model_store.checkpoint import MANIFEST, WEIGHTS, Checkpoint
+from model_store.checkpoint import Checkpoint
 from model_store.export import export_level
+from model_store.manifest import MANIFEST, WEIGHTS
 
 
 def build_archive(checkpoint: Checkpoint, task: str, level: int) -> bytes:

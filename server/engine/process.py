@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 
 from server.engine import wire
-from server.engine.client import call_engine_async
+from server.engine.inproc import call_engine_async
 from server.engine.outcome import ClientDisconnected
 from server.engine.runtime import Runtime
 from server.errors import InvalidInput, NotReady, ServeError

@@ -23,6 +23,7 @@ from server.errors import NotReady
 from server.logs import SERVER
 from server.metrics import Metrics
 from server.settings import Settings
+from server.shutdown import FINAL_GRACE_S
 
 ForwardWrapper = Callable[[ForwardFn], ForwardFn]
 
@@ -32,10 +33,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-# After a drain timeout: how long the refused requests' answers and the running batch get.
-FINAL_GRACE_S = 2.0
 
 
 def release_freed_heap() -> bool:

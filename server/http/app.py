@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,10 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model_store.checkpoint import Checkpoint
-from server.engine.client import EngineClient, InprocClient
-from server.engine.pending import Clock
-from server.engine.runtime import ForwardWrapper, Runtime
+from server.engine.client import EngineClient
 from server.errors import (
     InvalidParameter,
     MethodNotAllowed,
@@ -41,6 +38,11 @@ from server.http.routes import router as v1_router
 from server.http.warmup import warm_codecs, warm_routes
 from server.logs import SERVER, access, configure_logging
 from server.settings import Settings
+
+if TYPE_CHECKING:  # the in-process engine's types: torch, imported only when it is asked for
+    from model_store.checkpoint import Checkpoint
+    from server.engine.pending import Clock
+    from server.engine.runtime import ForwardWrapper, Runtime
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNCOUNTED = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
@@ -266,7 +268,7 @@ def create_app(
     clock: Clock | None = None,
 ) -> FastAPI:
     """Build a front end. Without ``engine``, the engine runs in this process
-    (:class:`~server.engine.client.InprocClient`): the checkpoint loads in the lifespan
+    (:class:`~server.engine.inproc.InprocClient`): the checkpoint loads in the lifespan
     (unless given, already loaded), warm-up runs in the background and ``/readyz`` turns
     200 when it is done. With ``engine`` (an :class:`~server.engine.mp_client.MPClient`), the
     engine is another process.
@@ -277,6 +279,10 @@ def create_app(
     configure_logging(settings.log_level, settings.log_json)
     runtime: Runtime | None = None
     if engine is None:
+        # Imported here: a front end of `dvn serve --workers N` never loads torch.
+        from server.engine.inproc import InprocClient
+        from server.engine.runtime import Runtime
+
         runtime = Runtime(
             settings=settings,
             checkpoint=checkpoint,

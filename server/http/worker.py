@@ -17,15 +17,14 @@ import sys
 
 import uvicorn
 
-from model_store.checkpoint import config_from_manifest, read_manifest
+from model_store.manifest import config_from_manifest, read_manifest
 from server.engine.mp_client import MPClient
-from server.engine.runtime import FINAL_GRACE_S
 from server.http.app import create_app, drain_frontend
 from server.http.serving import DrainingServer
-from server.launcher import FRONTEND_EXTRA_S
 from server.logs import configure_logging
 from server.priority import renice
 from server.settings import Settings
+from server.shutdown import FINAL_GRACE_S, FRONTEND_EXTRA_S
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model_store.checkpoint import config_from_manifest, read_manifest
+from model_store.manifest import config_from_manifest, read_manifest
 from server.engine.runtime import ForwardWrapper
 from server.ray.client import RayEngineClient
 from server.ray.replica import DVNEngine

@@ -23,7 +23,7 @@ import numpy as np
 from prometheus_client import generate_latest
 
 from server.engine import wire
-from server.engine.client import call_engine_async
+from server.engine.inproc import call_engine_async
 from server.engine.runtime import ForwardWrapper, Runtime, engine_status
 from server.errors import NotReady, ServeError
 from server.logs import SERVER, configure_logging

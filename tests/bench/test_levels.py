@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.levels import run_levels
-from model_store.checkpoint import read_manifest
+from model_store.manifest import read_manifest
 
 HEADER = (
     "| task | level | MFLOPs | FLOP ratio | ms @1 | ms @32 | speed-up @1 | speed-up @32 "

@@ -14,7 +14,7 @@ from bench._common import cpu_times, steal_share
 from bench.all import PARTS
 from bench.budgets import derive_budget_mix, goals, merge_rounds
 from dvn.cli import build_parser, main
-from model_store.checkpoint import read_manifest
+from model_store.manifest import read_manifest
 from server.settings import demo_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ import torch
 
 from clients.client import DVNClient
 from clients.local import LocalDVN
-from model_store import checkpoint
+from model_store import checkpoint, manifest
 from model_store.arch import DVNConfig, get_architecture
 from model_store.export import export_level
 from model_store.model import DVN
@@ -70,7 +70,7 @@ def test_probabilities_equal_the_full_network_at_that_level(
         assert p.probability == pytest.approx(float(row.max()), abs=1e-5)
     assert (local.task, local.level, local.units, local.classes) == ("digits", 2, (0, 1), CLASSES)
     assert local.input_shape == (1, 8, 8)
-    assert local.param_bytes == checkpoint.read_manifest(exported).tasks[0].levels[0].param_bytes
+    assert local.param_bytes == manifest.read_manifest(exported).tasks[0].levels[0].param_bytes
 
 
 def test_single_example_shapes_and_top_k(full: tuple[DVN, Path], exported: Path) -> None:
@@ -134,7 +134,7 @@ def test_tampered_weights_are_refused(exported: Path, tmp_path: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(checkpoint.CheckpointError, match="sha256"):
+    with pytest.raises(manifest.CheckpointError, match="sha256"):
         LocalDVN.load(copy)
     with pytest.raises(FileNotFoundError):
         LocalDVN.load(tmp_path / "nowhere")

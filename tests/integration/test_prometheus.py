@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench._process import dvn_serve
-from model_store.checkpoint import read_manifest
+from model_store.manifest import read_manifest
 from server.settings import demo_checkpoint
 from tests.integration.promql import (
     RECORDING_PATH,

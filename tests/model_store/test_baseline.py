@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from model_store.baseline import train_baselines, train_separate, write_comparison
-from model_store.checkpoint import read_manifest
+from model_store.manifest import read_manifest
 from model_store.presets import get_preset
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from model_store.arch import DVNConfig, get_architecture
-from model_store.checkpoint import CheckpointError, load, read_manifest, save, sha256_file
+from model_store.checkpoint import load, save, sha256_file
 from model_store.costs import level_costs
-from model_store.manifest import Accuracy
+from model_store.manifest import Accuracy, CheckpointError, read_manifest
 from model_store.model import DVN
 from tests.model_store.conftest import COLOR, GRAY, SCRAMBLED, ModelFactory, warm_norms
 

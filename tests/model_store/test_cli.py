@@ -11,8 +11,8 @@ import torch
 
 from dvn.cli import main
 from model_store.arch import DVNConfig, get_architecture
-from model_store.checkpoint import load, read_manifest, save
-from model_store.manifest import Accuracy
+from model_store.checkpoint import load, save
+from model_store.manifest import Accuracy, read_manifest
 from model_store.model import DVN
 from tests.model_store.conftest import COLOR, GRAY, SCRAMBLED
 

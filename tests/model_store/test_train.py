@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from model_store.arch import DVNConfig, get_architecture
-from model_store.checkpoint import load, read_manifest
+from model_store.checkpoint import load
 from model_store.data import TaskData
+from model_store.manifest import read_manifest
 from model_store.model import DVN
 from model_store.presets import TrainConfig, get_preset
 from model_store.train import (
