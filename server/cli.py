@@ -1,12 +1,18 @@
-"""``dvn serve``: load the checkpoint (refusing a bad one before binding the port), then run
-uvicorn with a graceful drain on SIGTERM/SIGINT: readiness goes 503, new requests get 503,
-accepted ones are answered, then the process exits 0 (a second signal exits at once)."""
+"""``dvn serve``: the process tree of server/launcher.py (its engine loads and verifies the
+checkpoint before any front end starts), or with ``--workers 0`` one uvicorn process that
+loads it itself; either way a bad checkpoint is refused before anything is served (exit 1,
+the reason first on stderr). On SIGTERM/SIGINT a graceful drain: readiness goes 503, new
+requests get 503, accepted ones are answered, then the process exits 0 (a second signal
+exits at once)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.settings import Settings
 
 EXAMPLES = """examples:
   dvn serve                                   # the shipped standard checkpoint on 127.0.0.1:8000
@@ -74,16 +80,9 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from model_store.checkpoint import load
-    from server.engine.runtime import pick_device
-    from server.http.app import create_app
-    from server.http.serving import DrainingServer
-    from server.launcher import Supervisor, default_workers
+    from server.launcher import Supervisor
     from server.logs import SERVER, configure_logging
     from server.settings import load_settings, retired_in_use
-    from server.shutdown import FINAL_GRACE_S
 
     settings = load_settings(
         checkpoint=args.checkpoint,
@@ -112,6 +111,25 @@ def _serve(args: argparse.Namespace) -> int:
         from server.ray.launch import run
 
         return run(settings, args.replicas, args.address, router=args.router or "budget")
+    if args.workers is not None and args.workers < 0:
+        SERVER.error("--workers must be 0 (one process) or more front ends, got %d", args.workers)
+        return 2
+    if args.workers != 0:  # the engine process loads the checkpoint, and refuses a bad one
+        return Supervisor(settings, args.workers).run()
+    return _serve_in_process(settings)
+
+
+def _serve_in_process(settings: Settings) -> int:
+    """``--workers 0``: the engine in the one front end's process."""
+    import uvicorn
+
+    from model_store.checkpoint import load
+    from server.engine.runtime import pick_device
+    from server.http.app import create_app
+    from server.http.serving import DrainingServer
+    from server.logs import SERVER
+    from server.shutdown import FINAL_GRACE_S
+
     device = pick_device(settings.device)
     checkpoint = load(settings.checkpoint, device)  # CheckpointError: message, exit 1
     SERVER.info(
@@ -125,13 +143,6 @@ def _serve(args: argparse.Namespace) -> int:
             }
         },
     )
-    workers = default_workers(str(device)) if args.workers is None else args.workers
-    if workers < 0:
-        SERVER.error("--workers must be 0 (one process) or more front ends, got %d", workers)
-        return 2
-    if workers > 0:
-        del checkpoint  # verified; the engine process loads its own copy
-        return Supervisor(settings, workers).run()
     app = create_app(settings, checkpoint=checkpoint)
     config = uvicorn.Config(
         app,

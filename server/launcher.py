@@ -7,12 +7,17 @@ The supervisor restarts a process that dies: an engine (its front ends answer 50
 end (the others carry on). On SIGTERM/SIGINT it stops the front ends first (each drains:
 every request it accepted is answered), then the engine, and exits 0 with nothing left
 behind; a second signal kills the tree at once.
+
+The supervisor imports no torch: the engine loads (and so verifies) the checkpoint, picks
+the device and, unless ``--workers`` says, the number of front ends, and reports them
+before any front end starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -25,23 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from server.engine.runtime import default_torch_threads, pick_device
+from model_store.manifest import CheckpointError
 from server.logs import SERVER
 from server.settings import Settings
 from server.shutdown import EXIT_GRACE_S, FRONTEND_EXTRA_S
 
 # A child that keeps dying is restarted at most this often.
 RESTART_BACKOFF_S = 0.5
-
-
-def default_workers(device: str) -> int:
-    """Front ends when ``--workers`` is not given: on a GPU, one for every core but one (the
-    engine's); on a CPU, half the cores (the engine computes on the rest), at least one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    if device.startswith("cuda"):
-        return max(1, cores - 1)
-    return max(1, cores // 2)
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
@@ -60,14 +55,17 @@ class Child:
     started: float = 0.0
     restarts: int = 0
 
-    def start(self) -> None:
+    def start(self, log: bool = True) -> None:
         self.process = subprocess.Popen(
             self.command, env=self.env, pass_fds=self.pass_fds, preexec_fn=_die_with_parent
         )
         self.started = time.monotonic()
-        SERVER.info(
-            "process started", extra={"fields": {"role": self.role, "pid": self.process.pid}}
-        )
+        if log:
+            self.log_started()
+
+    def log_started(self) -> None:
+        pid = None if self.process is None else self.process.pid
+        SERVER.info("process started", extra={"fields": {"role": self.role, "pid": pid}})
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -87,7 +85,9 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int | None = None) -> None:
+        """``workers``: the front ends; ``None``, as many as the engine's device calls for
+        (``server.engine.runtime.default_frontends``)."""
         self.settings = settings
         self.workers = workers
         self.stopping = False
@@ -112,48 +112,44 @@ class Supervisor:
         return listener
 
     def run(self) -> int:
-        """Serve until a signal; 0 when every process exited cleanly after a drain."""
+        """Serve until a signal; 0 when every process exited cleanly after a drain.
+
+        Raises:
+            CheckpointError: the engine could not load the checkpoint (nothing is served).
+        """
         s = self.settings
         listener = self.listener or self.bind()
         workdir = Path(tempfile.mkdtemp(prefix="dvn-serve-"))
         metrics_dir = workdir / "metrics"
         metrics_dir.mkdir()
         address = f"ipc://{workdir / 'engine.sock'}"
-        engine_settings = s
-        if s.torch_threads is None:
-            threads = default_torch_threads(pick_device(s.device), self.workers)
-            if threads is not None:
-                engine_settings = s.model_copy(update={"torch_threads": threads})
         base_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         python = sys.executable
-        engine = Child(
-            "engine",
-            [python, "-m", "server.engine.process", "--address", address,
-             "--settings", engine_settings.model_dump_json()],
-            base_env,
-        )  # fmt: skip
-        fd = listener.fileno()
-        frontend_command = [python, "-m", "server.http.worker", "--fd", str(fd),
-                            "--address", address, "--settings", s.model_dump_json()]  # fmt: skip
-        frontend_env = {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-        frontends = [
-            Child(f"frontend-{i}", frontend_command, frontend_env, pass_fds=(fd,))
-            for i in range(self.workers)
-        ]
+        engine_command = [python, "-m", "server.engine.process", "--address", address,
+                          "--settings", s.model_dump_json()]  # fmt: skip
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
-        SERVER.info(
-            "serving",
-            extra={
-                "fields": {
-                    "url": f"http://{s.host}:{self.port}",
-                    "frontends": self.workers,
-                    "engine": address,
-                }
-            },
-        )
         try:
-            engine.start()
+            engine = self._start_engine(engine_command, base_env)
+            fd = listener.fileno()
+            frontend_command = [python, "-m", "server.http.worker", "--fd", str(fd),
+                                "--address", address, "--settings", s.model_dump_json()]  # fmt: skip
+            frontend_env = {**base_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+            assert self.workers is not None
+            frontends = [
+                Child(f"frontend-{i}", frontend_command, frontend_env, pass_fds=(fd,))
+                for i in range(self.workers)
+            ]
+            SERVER.info(
+                "serving",
+                extra={
+                    "fields": {
+                        "url": f"http://{s.host}:{self.port}",
+                        "frontends": self.workers,
+                        "engine": address,
+                    }
+                },
+            )
             for child in frontends:
                 child.start()
             self._watch(engine, frontends, metrics_dir)
@@ -161,6 +157,49 @@ class Supervisor:
         finally:
             listener.close()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _start_engine(self, command: list[str], env: dict[str, str]) -> Child:
+        """Start the engine and wait until it has loaded the checkpoint: it decides the
+        device, and with it the front ends when ``workers`` is ``None``. Nothing is logged
+        before, so a checkpoint it refuses is the first line ``dvn serve`` prints."""
+        read_end, write_end = os.pipe()
+        frontends = [] if self.workers is None else ["--frontends", str(self.workers)]
+        engine = Child(
+            "engine", [*command, *frontends, "--report-fd", str(write_end)], env, (write_end,)
+        )
+        try:
+            engine.start(log=False)
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            line = pipe.readline()
+        try:
+            loaded = json.loads(line)
+        except ValueError:
+            code = engine.wait(EXIT_GRACE_S)
+            raise CheckpointError(
+                f"the engine exited (code {code}) before it loaded the checkpoint; its log is above"
+            ) from None
+        if "error" in loaded:
+            engine.wait(EXIT_GRACE_S)
+            raise CheckpointError(loaded["error"])
+        self.workers = int(loaded["frontends"])
+        engine.log_started()
+        SERVER.info(
+            "loaded checkpoint",
+            extra={
+                "fields": {
+                    "path": str(self.settings.checkpoint),
+                    "name": loaded["name"],
+                    "sha256": loaded["sha256"][:12],
+                    "device": loaded["device"],
+                }
+            },
+        )
+        # A restarted engine keeps the front ends' count and reports to no one.
+        engine.command = [*command, "--frontends", str(self.workers)]
+        engine.pass_fds = ()
+        return engine
 
     def _watch(self, engine: Child, frontends: list[Child], metrics_dir: Path) -> None:
         while not self.stopping:

@@ -2,6 +2,11 @@
 front ends over a ZMQ ROUTER socket (``server.engine.wire``) until SIGTERM, when it drains
 (every accepted request is answered) and exits 0.
 
+The engine, not the supervisor, touches torch: it picks the device, the number of front
+ends when ``--frontends`` is not given (``default_frontends``) and its own threads, verifies
+the checkpoint, and tells the supervisor on ``--report-fd`` (one JSON line: the device,
+the front ends and the checkpoint, or the error that stops the server).
+
 Run by ``dvn serve`` (``server.launcher``)::
 
     python -m server.engine.process --address ipc:///tmp/dvn-x/engine.sock --settings '{...}'
@@ -12,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import sys
 import time
@@ -21,10 +28,16 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from model_store.manifest import CheckpointError
 from server.engine import wire
 from server.engine.inproc import call_engine_async
 from server.engine.outcome import ClientDisconnected
-from server.engine.runtime import Runtime
+from server.engine.runtime import (
+    Runtime,
+    default_frontends,
+    default_torch_threads,
+    pick_device,
+)
 from server.errors import InvalidInput, NotReady, ServeError
 from server.logs import SERVER, configure_logging
 from server.priority import renice
@@ -146,7 +159,18 @@ class EngineServer:
         self._ctx.term()
 
 
-async def run(settings: Settings, address: str) -> int:
+def report(fd: int | None, **fields: Any) -> None:
+    """One JSON line to the supervisor (``--report-fd``), then the pipe is closed."""
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps(fields).encode() + b"\n")
+        os.close(fd)
+
+
+async def run(
+    settings: Settings, address: str, frontends: int = 1, report_fd: int | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return 0."""
     runtime = Runtime(settings=settings)
     server = EngineServer(runtime, address)
@@ -158,11 +182,24 @@ async def run(settings: Settings, address: str) -> int:
     serving = asyncio.create_task(server.serve(), name="dvn-engine-ipc")
     try:
         await runtime.start()
-    except Exception:
-        SERVER.exception("engine failed to start")
+    except Exception as e:
+        if isinstance(e, CheckpointError) and report_fd is not None:
+            report(report_fd, error=str(e))  # the supervisor prints it: no traceback
+        else:
+            SERVER.exception("engine failed to start")
+            report(report_fd, error=f"the engine failed to start: {type(e).__name__}: {e}")
         serving.cancel()
         server.close()
         return 1
+    assert runtime.checkpoint is not None and runtime.service is not None
+    manifest = runtime.checkpoint.manifest
+    report(
+        report_fd,
+        device=runtime.service.device,
+        frontends=frontends,
+        name=manifest.name,
+        sha256=manifest.weights_sha256,
+    )
     await stop.wait()
     SERVER.info("engine draining")
     await runtime.stop()  # every accepted request answered (or 503 past the drain timeout)
@@ -179,11 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.engine.process")
     parser.add_argument("--address", required=True, help="ZMQ address to bind, e.g. ipc://...")
     parser.add_argument("--settings", required=True, help="the server's Settings as JSON")
+    parser.add_argument(
+        "--frontends", type=int, help="front ends beside this engine (default: by device)"
+    )
+    parser.add_argument("--report-fd", type=int, help="where to tell the supervisor it loaded")
     args = parser.parse_args(argv)
     settings = Settings.model_validate_json(args.settings)
     configure_logging(settings.log_level, settings.log_json)
     renice(settings.engine_nice, variable="DVN_ENGINE_NICE")  # before the executor's threads
-    return asyncio.run(run(settings, args.address))
+    device = pick_device(settings.device)
+    frontends = default_frontends(device) if args.frontends is None else args.frontends
+    if settings.torch_threads is None:
+        threads = default_torch_threads(device, frontends)
+        settings = settings.model_copy(update={"torch_threads": threads})
+    return asyncio.run(run(settings, args.address, frontends, args.report_fd))
 
 
 if __name__ == "__main__":

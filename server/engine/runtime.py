@@ -184,6 +184,19 @@ class Runtime:
         self.service.executor.shutdown()
 
 
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
+def default_frontends(device: torch.device) -> int:
+    """Front ends when ``--workers`` is not given: on a GPU, one for every core but one (the
+    engine's); on a CPU, half the cores (the engine computes on the rest), at least one."""
+    if device.type == "cuda":
+        return max(1, _cores() - 1)
+    return max(1, _cores() // 2)
+
+
 def default_torch_threads(device: torch.device, frontends: int = 1) -> int | None:
     """The engine's intra-op threads when ``DVN_TORCH_THREADS`` is not set: on a CPU, the
     cores its ``frontends`` HTTP front ends leave, at least one (``dvn serve`` passes its
@@ -192,8 +205,7 @@ def default_torch_threads(device: torch.device, frontends: int = 1) -> int | Non
     Elsewhere torch's default (``None``)."""
     if device.type != "cpu":
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - max(1, frontends))
+    return max(1, _cores() - max(1, frontends))
 
 
 def engine_status(runtime: Runtime) -> dict[str, Any]:

@@ -45,11 +45,17 @@ def niceness(pid: int) -> set[int]:
     return {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
 
 
+def holds_torch(pid: int) -> bool:
+    """Whether process ``pid`` has torch's library mapped (it imported torch)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
     """Also: every retired setting still in the environment, and the retired flag, are
     ignored and named in a warning (docs/configuration.md); the front end runs
     ``DVN_FRONTEND_NICE`` nicer than ``dvn serve``, the engine
-    ``DVN_ENGINE_NICE``, every thread of each (docs/decisions.md, CPU priority)."""
+    ``DVN_ENGINE_NICE``, every thread of each (docs/decisions.md, CPU priority); only the
+    engine imports torch (docs/architecture.md)."""
     rng = np.random.default_rng(0)
     xs = {i: rng.standard_normal((1, 1, 8, 8), dtype=np.float32) for i in range(48)}
     retired = {f"DVN_{name.upper()}": "0" for name in RETIRED}
@@ -62,6 +68,8 @@ def test_serves_concurrent_requests_exactly(tmp_path: Path) -> None:
         assert sorted(pids) == ["engine", "frontend-0"]
         assert niceness(int(pids["engine"])) == {min(19, ours + 3)}
         assert niceness(int(pids["frontend-0"])) == {min(19, ours + 5)}
+        tree = (server.process.pid, int(pids["frontend-0"]), int(pids["engine"]))
+        assert [holds_torch(pid) for pid in tree] == [False, False, True]
 
         async def send_all() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:

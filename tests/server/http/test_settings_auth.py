@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from server.engine.runtime import default_torch_threads
+from server.engine.runtime import default_frontends, default_torch_threads
 from server.settings import (
     RETIRED,
     Settings,
@@ -359,6 +359,17 @@ def test_torch_threads_default_leaves_the_front_ends_their_cores(
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     assert default_torch_threads(torch.device("cpu"), frontends) == expected
     assert default_torch_threads(torch.device("cuda"), frontends) is None  # torch's own
+
+
+@pytest.mark.parametrize(("cores", "cpu", "cuda"), [(1, 1, 1), (2, 1, 1), (3, 1, 2), (16, 8, 15)])
+def test_front_ends_default_by_the_engines_device(
+    monkeypatch: pytest.MonkeyPatch, cores: int, cpu: int, cuda: int
+) -> None:
+    """``dvn serve`` without ``--workers``: on a CPU half the cores (the engine computes on
+    the rest), on a GPU every core but the engine's; at least one."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_frontends(torch.device("cpu")) == cpu
+    assert default_frontends(torch.device("cuda")) == cuda
 
 
 async def test_unset_torch_threads_takes_the_default(serve: Any) -> None:
