@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import time
@@ -192,9 +193,20 @@ def answered_by_replica(text: str) -> Counter[str]:
     return counts
 
 
+def replicas_on(text: str) -> set[str]:
+    """The ``replica`` label values of a merged /metrics page."""
+    return set(re.findall(r'replica="([^"]+)"', text))
+
+
 async def test_metrics_of_every_replica_with_a_replica_label(ray_app: RayApp) -> None:
     async with httpx.AsyncClient(base_url=ray_app.url, timeout=30) as client:
-        before = answered_by_replica((await client.get("/metrics")).text)
+        # A scrape lists the replicas the ingress's status polls reached in the last 10 s
+        # (docs/deploy.md): wait until both are on it, or the difference counts one twice.
+        deadline = time.monotonic() + 10
+        while len(replicas_on(text := (await client.get("/metrics")).text)) < 2:
+            assert time.monotonic() < deadline, text
+            await asyncio.sleep(0.1)
+        before = answered_by_replica(text)
         responses = await asyncio.gather(*(post(client, "digits", s, level=1) for s in range(20)))
         assert [r.status_code for r in responses] == [200] * 20
         page = await client.get("/metrics")
