@@ -15,12 +15,21 @@ echo ">> mypy"
 if [ "$#" -gt 0 ]; then  # the tests named, as pytest runs them
     exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 fi
-# Tests that start servers, Ray or Prometheus beside the suite's own checks of latency,
-# goodput and ratios run one at a time, as a user's server would; the rest (in-process
-# tests, and the benchmarks' smoke runs, which assert no timing) on every core, a file per
-# worker so that a module's fixtures are built once (docs/decisions.md, test suite).
-SERIAL=(tests/integration tests/server/ray tests/deploy tests/bench/test_scale.py tests/bench/test_pairs.py)
+# Three phases (docs/decisions.md, test suite). In-process tests and the benchmarks' smoke
+# runs (which assert no timing) on every core, a file per worker so that a module's
+# fixtures are built once. Then the real-process tests named in PAIRED, which assert no
+# latency, on every core too: they mostly wait on processes starting and stopping. Last,
+# one test at a time, the other real-process tests (any new one too, until it is shown
+# not to need it): latency, goodput, their ratios, and real Ray (its router test's
+# shares), which a second worker on the same cores would make noisy.
+SERIAL=(tests/integration tests/server/ray tests/bench/test_scale.py tests/bench/test_pairs.py)
+PAIRED=(tests/integration/test_serve_process.py tests/integration/test_engine_faults.py
+        tests/integration/test_soak.py tests/integration/test_prometheus.py
+        tests/integration/test_clients_process.py tests/deploy)
+PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider)
 echo ">> pytest: in-process tests and benchmark smoke runs, one worker per core"
-.venv/bin/python -m pytest -q -p no:cacheprovider -n auto --dist loadfile "${SERIAL[@]/#/--ignore=}"
-echo ">> pytest: servers, Ray and Prometheus, one test at a time"
-.venv/bin/python -m pytest -q -p no:cacheprovider "${SERIAL[@]}"
+"${PYTEST[@]}" -n auto --dist loadfile "${SERIAL[@]/#/--ignore=}" "${PAIRED[@]/#/--ignore=}"
+echo ">> pytest: real processes, no latency asserted, one worker per core"
+"${PYTEST[@]}" -n auto --dist loadfile "${PAIRED[@]}"
+echo ">> pytest: latency, goodput and real Ray, one test at a time"
+"${PYTEST[@]}" "${SERIAL[@]}" "${PAIRED[@]/#/--ignore=}"  # the PAIRED files left out
