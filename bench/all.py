@@ -102,7 +102,10 @@ def run_all(
             ),
         ),
         "transport": lambda: run_transport(
-            out, concurrencies=o.clients, duration=min(o.duration, 3.0)
+            out,
+            concurrencies=o.clients,
+            duration=min(o.duration, 3.0),
+            warmup=min(o.warmup, 0.5),
         ),
     }
     for name, step in steps.items():

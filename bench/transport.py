@@ -103,10 +103,11 @@ def run_transport(
     duration: float = 3.0,
     rounds: int = 2,
     baseline_rev: str | None = BASELINE_REV,
+    warmup: float = 0.5,
 ) -> Path:
     """Measure every transport at every concurrency on both paths (``PATHS``), ``rounds``
-    times with the transports taking turns; write transport.json and transport.md and
-    return the .md.
+    times with the transports taking turns (``dvn loadtest``'s runs each after ``warmup``
+    seconds); write transport.json and transport.md and return the .md.
 
     Raises:
         ValueError: ``rounds`` below 1 or ``duration`` not positive.
@@ -132,7 +133,7 @@ def run_transport(
                     turn = round_ % len(kinds)
                     for kind in kinds[turn:] + kinds[:turn]:
                         if path == "loadtest":
-                            row = loadtest(url, kind, factories[kind], clients, duration)
+                            row = loadtest(url, kind, factories[kind], clients, duration, warmup)
                         else:
                             row = asyncio.run(
                                 closed_loop(url, kind, factories[kind], clients, duration)

@@ -101,7 +101,9 @@ async def closed_loop(
     }
 
 
-def loadtest(url: str, kind: str, make: Factory, clients: int, duration: float) -> dict[str, Any]:
+def loadtest(
+    url: str, kind: str, make: Factory, clients: int, duration: float, warmup: float = 0.5
+) -> dict[str, Any]:
     """``dvn loadtest`` itself (closed loop, ``clients`` workers) through ``make``'s
     transport: the client CPU of everything it does per request, parsing and recording
     included. CPU counts the whole run (discovery and warm-up too) over every request
@@ -113,7 +115,7 @@ def loadtest(url: str, kind: str, make: Factory, clients: int, duration: float) 
         mode="closed",
         concurrency=clients,
         duration=duration,
-        warmup=0.5,
+        warmup=warmup,
         task_mix="shapes:1",
         timeout=30,
         transport=make(clients),

@@ -30,8 +30,8 @@ def top_level(task: str = "shapes") -> int:
 def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("bench")
     out, docs = root / "results", root / "docs" / "benchmarks.md"
-    argv = ["bench", "all", "--out", str(out), "--docs", str(docs), "--duration", "0.5",
-            "--warmup", "0.2", "--clients", "1", "--points", "2", "--peer-levels", "top",
+    argv = ["bench", "all", "--out", str(out), "--docs", str(docs), "--duration", "0.3",
+            "--warmup", "0.1", "--clients", "1", "--points", "2", "--peer-levels", "top",
             "--repeats", "2", "--requests", "5", "--profile-iters", "1"]  # fmt: skip
     assert main(argv) == 0
     return out, docs
