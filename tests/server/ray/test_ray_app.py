@@ -256,9 +256,9 @@ async def test_max_queued_requests_answered_429_in_our_shape(
     # A second application: one replica taking one request at a time, one more queued.
     settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=2.0)
     options = RayOptions(replicas=1, num_cpus=0.25, max_ongoing_requests=1, max_queued_requests=1)
-    (tmp_path / "slow-on").touch()
     app = build_application(settings, options, forward_wrapper=Ledger(str(tmp_path)))
     serve.run(app, name="tight", route_prefix="/tight")
+    (tmp_path / "slow-on").touch()  # after the replica's warm-up, which it slows too
     try:
         async with httpx.AsyncClient(base_url=f"{ray_app.url}/tight", timeout=30) as client:
             responses = await asyncio.gather(
@@ -303,7 +303,6 @@ async def test_replicas_stopped_under_load_drain(
 ) -> None:
     settings = server_settings(tiny_checkpoint, max_batch_size=8, drain_timeout_s=5.0)
     wrapper = Ledger(str(tmp_path), all_slow=True)
-    (tmp_path / "slow-on").touch()
 
     def deploy(replicas: int) -> None:
         options = RayOptions(replicas=replicas, num_cpus=0.25)
@@ -312,6 +311,7 @@ async def test_replicas_stopped_under_load_drain(
         )
 
     deploy(2)
+    (tmp_path / "slow-on").touch()  # after the replicas' warm-up, whose forwards it slows too
     statuses: Counter[int] = Counter()
     try:
         async with httpx.AsyncClient(base_url=f"{ray_app.url}/shrink", timeout=60) as client:
@@ -344,9 +344,9 @@ async def test_queue_depth_scales_up_then_idle_scales_down(
         replicas=1, max_replicas=2, target_queue=1, upscale_delay_s=0, downscale_delay_s=1,
         look_back_s=2, num_cpus=0.25,
     )  # fmt: skip
-    (tmp_path / "slow-on").touch()
     app = build_application(settings, options, Ledger(str(tmp_path), all_slow=True))
     serve.run(app, name="elastic", route_prefix="/elastic")
+    (tmp_path / "slow-on").touch()  # after the first replica's warm-up, which it slows too
 
     def running() -> int:
         status = serve.status().applications["elastic"].deployments["DVNEngine"]
