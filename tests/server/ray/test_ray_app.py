@@ -4,9 +4,8 @@ budget-aware router preferring the idle replica under skewed load; a replica kil
 load (every request answered, 200 or 503). The tests run in file order: the last one kills
 a replica.
 
-Which replica ran a forward is read from a :class:`Ledger` forward wrapper: each forward
-appends its process id to a file; the one replica that claims the ``slow`` file first
-sleeps in every forward while the ``slow-on`` file exists.
+Which replica ran a forward is read from a :class:`~tests.server.ray.replicas.Ledger`
+forward wrapper.
 """
 
 from __future__ import annotations
@@ -16,20 +15,16 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from model_store.checkpoint import Checkpoint
-from server.engine.executor import ForwardFn
 from tests.conftest import server_settings
 from tests.server.helpers import (
     check_answer,
@@ -44,52 +39,10 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from server.ray.app import RayOptions, build_application  # noqa: E402
+from tests.server.ray.replicas import NPY, Devices, Ledger, free_port, post  # noqa: E402
 
-NPY = {"content-type": "application/x-npy"}
-SLOW_S = 0.05
 GPUS = 2
 START_TIMEOUT_S = 180
-
-
-@dataclass(frozen=True)
-class Ledger:
-    """A forward wrapper (pickled to the replicas) that records who ran each forward."""
-
-    directory: str
-    all_slow: bool = False  # every replica sleeps while slow-on exists
-
-    def __call__(self, forward: ForwardFn) -> ForwardFn:
-        root = Path(self.directory)
-        pid = str(os.getpid())
-        slow = False
-        try:  # the first replica to get here is the one that can be made slow
-            fd = os.open(root / "slow", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, pid.encode())
-            os.close(fd)
-            slow = True
-        except FileExistsError:
-            slow = self.all_slow
-
-        def recorded(task: int, level: int, x: np.ndarray) -> np.ndarray:
-            with open(root / "forwards", "a") as f:
-                f.write(pid + "\n")
-            if slow and (root / "slow-on").exists():
-                time.sleep(SLOW_S)
-            return forward(task, level, x)
-
-        return recorded
-
-
-@dataclass(frozen=True)
-class Devices:
-    """A forward wrapper that writes, once per replica at start-up, the GPUs Ray gave it."""
-
-    directory: str
-
-    def __call__(self, forward: ForwardFn) -> ForwardFn:
-        gpus = ",".join(str(g) for g in ray.get_gpu_ids())
-        (Path(self.directory) / str(os.getpid())).write_text(gpus)
-        return forward
 
 
 @dataclass
@@ -103,13 +56,6 @@ class RayApp:
 
     def slow_pid(self) -> str:
         return (self.ledger / "slow").read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +85,6 @@ def ray_app(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield RayApp(url, ledger)
     finally:
         ray.shutdown()  # the local Ray, Serve's actors with it (serve.shutdown waits ~5 s more)
-
-
-async def post(client: httpx.AsyncClient, task: str, seed: int, **params: Any) -> httpx.Response:
-    return await client.post(
-        f"/infer/{task}", params=params, content=npy_bytes(example(task, seed)), headers=NPY
-    )
 
 
 async def test_two_replicas_answer_through_http(ray_app: RayApp, reference: Checkpoint) -> None:
